@@ -1,0 +1,51 @@
+"""leasestore: a lease store for AI agents that never loses a task.
+
+Agents claim tasks with a TTL, heartbeat while they work and release them as
+done or failed; expired leases are taken over or recovered, failures retry
+with backoff up to a limit and then become dead letters, and every change is
+written to an append-only audit log. SQLite by default, PostgreSQL for agents
+on several hosts.
+"""
+
+from .agent import LeaseContext, LeaseHandle
+from .errors import (
+    ConfigurationError,
+    DeadLetterNotFound,
+    InvalidArgument,
+    InvalidTransition,
+    LeaseLost,
+    LeaseStoreError,
+    SchemaNotInitialized,
+    StaleLeaseToken,
+    StoreBusy,
+    StoreFull,
+    StoreReadOnly,
+    StoreUnavailable,
+    TaskNotFound,
+)
+from .models import EventKind, LockOutcome, ReleaseOutcome, TaskStatus
+from .retry import NO_BACKOFF, RetryPolicy
+from .store import DEFAULT_LEASE_TTL, EnqueueResult, LeaseRef, LeaseStore
+from .types import (
+    ClaimResult,
+    ClaimStatus,
+    DeadLetterInfo,
+    HeartbeatResult,
+    Lease,
+    RecoveryReport,
+    ReleaseResult,
+    ReleaseResultKind,
+    TaskInfo,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "ClaimResult", "ClaimStatus", "ConfigurationError",
+    "DeadLetterInfo", "DeadLetterNotFound", "EnqueueResult", "EventKind", "HeartbeatResult",
+    "InvalidArgument", "InvalidTransition", "Lease", "LeaseContext", "LeaseHandle", "LeaseLost",
+    "LeaseRef", "LeaseStore", "LeaseStoreError", "LockOutcome", "RecoveryReport", "ReleaseOutcome",
+    "ReleaseResult", "ReleaseResultKind", "RetryPolicy", "SchemaNotInitialized", "StaleLeaseToken",
+    "StoreBusy", "StoreFull", "StoreReadOnly", "StoreUnavailable", "TaskInfo", "TaskNotFound",
+    "TaskStatus", "__version__",
+]

@@ -1,0 +1,166 @@
+"""PostgreSQL through psycopg 3: row locks with ``FOR UPDATE SKIP LOCKED``.
+
+Connections run in autocommit; a write transaction is an explicit
+``BEGIN … COMMIT`` at READ COMMITTED, where each UPDATE rechecks its WHERE
+clause on the locked row. Claimers and sweepers skip rows another transaction
+holds, so they never queue behind each other (nor behind a paused process).
+The locking SELECT sits in its own statement (never ``WHERE id IN (subquery)``,
+which the planner may re-run and so update more rows than the LIMIT).
+
+Time is the server's ``clock_timestamp()``, so hosts with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from .. import errors
+from .dialect import Dialect
+
+NOW = "SELECT extract(epoch from clock_timestamp())::float8 + %(offset)s"
+
+SELECT_NEXT_PENDING = """
+SELECT id, fencing_token FROM tasks
+WHERE queue = %(queue)s AND status = 'pending' AND available_at <= %(now)s
+ORDER BY available_at, created_at LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
+
+SELECT_EXPIRED_CANDIDATE = """
+SELECT id, owner, fencing_token, lease_expires_at FROM tasks
+WHERE queue = %(queue)s AND status = 'leased' AND lease_expires_at <= %(now)s
+  AND attempts < max_attempts
+ORDER BY lease_expires_at LIMIT 1
+FOR UPDATE SKIP LOCKED
+"""
+
+SELECT_TASK_FOR_UPDATE = """
+SELECT id, queue, status, attempts, max_attempts, owner, fencing_token, lease_expires_at,
+       available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at
+FROM tasks WHERE id = %(id)s FOR UPDATE
+"""
+
+SELECT_EXPIRED_BATCH = """
+SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at FROM tasks
+WHERE status = 'leased' AND lease_expires_at <= %(now)s
+ORDER BY lease_expires_at LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+"""
+
+APPEND_ONLY_DDL = [
+    """CREATE OR REPLACE FUNCTION leasestore_event_log_append_only() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         RAISE EXCEPTION 'event_log is append-only' USING ERRCODE = 'insufficient_privilege';
+       END $$""",
+    "DROP TRIGGER IF EXISTS event_log_no_update_delete ON event_log",
+    """CREATE TRIGGER event_log_no_update_delete BEFORE UPDATE OR DELETE ON event_log
+       FOR EACH ROW EXECUTE FUNCTION leasestore_event_log_append_only()""",
+    "DROP TRIGGER IF EXISTS event_log_no_truncate ON event_log",
+    """CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON event_log
+       FOR EACH STATEMENT EXECUTE FUNCTION leasestore_event_log_append_only()""",
+]
+
+# Any constant works; it only has to be the same for every init-db.
+_SCHEMA_LOCK_KEY = 0x1EA5E5
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    paramstyle_named = False
+
+    @contextmanager
+    def write_transaction(self, conn: Any) -> Iterator[Any]:
+        cur = conn.cursor()
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        except BaseException:
+            _rollback_quietly(cur)
+            raise
+        cur.execute("COMMIT")
+
+    @contextmanager
+    def read_transaction(self, conn: Any) -> Iterator[Any]:
+        cur = conn.cursor()
+        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        try:
+            yield cur
+        finally:
+            _rollback_quietly(cur)
+
+    def now(self, cur: Any) -> float:
+        cur.execute(NOW, {"offset": self.clock.offset})
+        return float(cur.fetchone()[0])
+
+    def select_next_pending(self, cur: Any, queue: str, now: float) -> Sequence[Any] | None:
+        cur.execute(SELECT_NEXT_PENDING, {"queue": queue, "now": now})
+        return cur.fetchone()
+
+    def select_expired_candidate(self, cur: Any, queue: str, now: float) -> Sequence[Any] | None:
+        cur.execute(SELECT_EXPIRED_CANDIDATE, {"queue": queue, "now": now})
+        return cur.fetchone()
+
+    def select_task_for_update(self, cur: Any, task_id: str) -> Sequence[Any] | None:
+        cur.execute(SELECT_TASK_FOR_UPDATE, {"id": task_id})
+        return cur.fetchone()
+
+    def select_expired_batch(self, cur: Any, now: float, limit: int) -> list[Sequence[Any]]:
+        cur.execute(SELECT_EXPIRED_BATCH, {"now": now, "limit": limit})
+        return list(cur.fetchall())
+
+    def schema_extras(self) -> list[str]:
+        return list(APPEND_ONLY_DDL)
+
+    def lock_schema(self, cur: Any) -> None:
+        cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _SCHEMA_LOCK_KEY})
+
+    def translate_error(self, exc: BaseException) -> Exception | None:
+        if not isinstance(exc, psycopg.Error):
+            return None
+        if isinstance(exc, pg_errors.UndefinedTable):
+            return errors.SchemaNotInitialized()
+        if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+            return errors.StoreReadOnly(f"database is read-only: {_first_line(exc)}")
+        if isinstance(exc, (pg_errors.DiskFull, pg_errors.OutOfMemory)):
+            return errors.StoreFull(f"database is full: {_first_line(exc)}")
+        if isinstance(
+            exc,
+            (
+                pg_errors.LockNotAvailable,
+                pg_errors.DeadlockDetected,
+                pg_errors.SerializationFailure,
+                pg_errors.QueryCanceled,
+            ),
+        ):
+            return errors.StoreBusy(f"database busy: {_first_line(exc)}")
+        if isinstance(exc, pg_errors.InsufficientPrivilege) and "append-only" in str(exc):
+            return errors.InvalidTransition("event_log is append-only")
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return errors.StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}")
+        return None
+
+    def is_disconnect(self, exc: BaseException) -> bool:
+        if isinstance(exc, (pg_errors.AdminShutdown, pg_errors.CrashShutdown)):
+            return True
+        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) and not isinstance(
+            exc, (pg_errors.LockNotAvailable, pg_errors.QueryCanceled, pg_errors.DiskFull)
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _rollback_quietly(cur: Any) -> None:
+    try:
+        cur.execute("ROLLBACK")
+    except psycopg.Error:
+        # The connection is gone; the server rolls the transaction back itself.
+        pass

@@ -1,0 +1,128 @@
+"""Frozen values returned to callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ClaimStatus(StrEnum):
+    ACQUIRED = "acquired"  # a new lease (possibly taking over an expired one)
+    RESUMED = "resumed"  # duplicateSuppressed: the owner already held it
+    BUSY = "busy"  # someone else holds an unexpired lease
+    NO_TASK = "noTask"  # nothing available
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease. ``token`` is secret: it is needed to heartbeat or release."""
+
+    task_id: str
+    queue: str
+    owner: str
+    token: str = field(repr=False)
+    fencing_token: int
+    expires_at: float  # database clock, epoch seconds
+    ttl: float
+    attempt: int
+    max_attempts: int
+    payload: Any = None
+    checkpoint: Any = None
+    took_over: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    status: ClaimStatus
+    lease: Lease | None = None
+    task_id: str | None = None
+    holder: str | None = None  # owner of the lease that made the claim busy
+
+    @property
+    def acquired(self) -> bool:
+        return self.lease is not None
+
+    @property
+    def busy(self) -> bool:
+        return self.status is ClaimStatus.BUSY
+
+    @property
+    def no_task(self) -> bool:
+        return self.status is ClaimStatus.NO_TASK
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    task_id: str
+    fencing_token: int
+    expires_at: float
+
+
+class ReleaseResultKind(StrEnum):
+    DONE = "done"
+    RETRY_SCHEDULED = "retry_scheduled"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    task_id: str
+    result: ReleaseResultKind
+    attempt: int
+    next_attempt_at: float | None = None
+    dead_letter_id: int | None = None
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What one ``recover_stale`` sweep did.
+
+    ``skipped`` leases were expired when scanned but changed before this sweep
+    could act (another sweeper or a claimer took them): not failures.
+    """
+
+    scanned: int = 0
+    recovered: int = 0
+    dead_lettered: int = 0
+    skipped: int = 0
+    failed: int = 0
+
+    @property
+    def attempted(self) -> int:
+        return self.recovered + self.dead_lettered + self.failed
+
+    @property
+    def failure_ratio(self) -> float:
+        return self.failed / self.attempted if self.attempted else 0.0
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: str
+    queue: str
+    status: str
+    attempts: int
+    max_attempts: int
+    owner: str | None
+    fencing_token: int
+    lease_expires_at: float | None
+    available_at: float
+    payload: Any
+    checkpoint: Any
+    last_error: str | None
+    dedupe_key: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class DeadLetterInfo:
+    id: int
+    task_id: str
+    queue: str
+    reason: str
+    attempts: int
+    last_error: str | None
+    status: str
+    created_at: float
