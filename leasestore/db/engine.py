@@ -104,12 +104,16 @@ def open_database(
 
     if backend == "postgresql":
         idle_ms = int(pg_idle_in_transaction_timeout * 1000)
+        # Keep options given in the URL (e.g. a search_path) beside our own.
+        url_options = url.query.get("options", "")
+        if isinstance(url_options, tuple):
+            url_options = " ".join(url_options)
         engine = create_engine(
-            url,
+            url.difference_update_query(["options"]),
             isolation_level="AUTOCOMMIT",
             connect_args={
                 "connect_timeout": DEFAULT_PG_CONNECT_TIMEOUT,
-                "options": f"-c idle_in_transaction_session_timeout={idle_ms}",
+                "options": f"{url_options} -c idle_in_transaction_session_timeout={idle_ms}".strip(),
                 "application_name": "leasestore",
             },
             pool_size=4,
