@@ -79,8 +79,10 @@ RETURNING queue, owner, fencing_token, lease_expires_at
 
 # Every write by a holder names its token hash and fencing token and requires
 # an unexpired lease in the same statement: a holder whose lease ended changes nothing.
+# ``owner`` is kept as the last holder (RETURNING shows the new row, and
+# operators want to know who finished a task).
 RELEASE = """
-UPDATE tasks SET status = :to_status, owner = NULL, lease_token_hash = NULL,
+UPDATE tasks SET status = :to_status, lease_token_hash = NULL,
        lease_expires_at = NULL, available_at = :available_at, last_error = :error,
        updated_at = :now
 WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence

@@ -1,0 +1,137 @@
+"""``leasestore demo``: agent processes drain a queue; one is killed mid-task.
+
+The parent enqueues tasks, starts worker processes (``python -m
+leasestore.demo worker …``), SIGKILLs one of them while it holds a lease,
+runs ``recover_stale`` as an operator's sweeper would, and ends with the task
+the victim held finished by another agent and the metrics report.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+
+from .errors import LeaseLost
+from .metrics import compute_metrics
+from .retry import RetryPolicy
+from .store import LeaseStore
+
+QUEUE = "demo"
+LEASE_TTL = 1.0
+WORK_SECONDS = 0.25
+FAIL_RATE = 0.15
+DEADLINE_SECONDS = 90.0
+
+
+def worker(db: str, owner: str, seed: int) -> int:
+    """One agent: claim, work in steps with checkpoints, release; stop when the queue is drained."""
+    rng = random.Random(seed)
+    store = LeaseStore(db, init=False)
+    while True:
+        try:
+            with store.lease(QUEUE, owner, ttl=LEASE_TTL) as job:
+                if job is None:
+                    if _drained(store):
+                        return 0
+                    time.sleep(0.05)
+                    continue
+                start = (job.lease.checkpoint or {}).get("step", 0)
+                for step in range(start, 5):
+                    job.ensure_held()
+                    time.sleep(WORK_SECONDS / 5)
+                    job.checkpoint({"step": step + 1, "by": owner})
+                if rng.random() < FAIL_RATE:
+                    raise RuntimeError("simulated tool failure")
+        except RuntimeError:
+            continue
+        except LeaseLost:
+            continue
+
+
+def _drained(store: LeaseStore) -> bool:
+    counts = {row["status"]: row["count"] for row in store.status_summary()["counts"] if row["queue"] == QUEUE}
+    return not counts.get("pending") and not counts.get("leased")
+
+
+def run_demo(*, workers: int, tasks: int, db: str | None, console: Console) -> int:
+    if db is None:
+        db = str(Path(tempfile.mkdtemp(prefix="leasestore-demo-")) / "orchestrator.db")
+    store = LeaseStore(db, retry_policy=RetryPolicy(base=0.2, cap=1.0))
+    console.print(f"[bold]leasestore demo[/] on {store.url.render_as_string(hide_password=True)}")
+    store.enqueue_many(QUEUE, [{"n": i} for i in range(tasks)], max_attempts=3)
+    console.print(f"enqueued {tasks} tasks; starting {workers} agent processes (lease TTL {LEASE_TTL:g} s)")
+    procs = {
+        f"agent-{i}": subprocess.Popen([sys.executable, "-m", "leasestore.demo", "worker", db, f"agent-{i}", str(i)])
+        for i in range(workers)
+    }
+    victim_task: str | None = None
+    start = time.monotonic()
+    try:
+        victim_task = _kill_one_holder(store, procs, console)
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      console=console, transient=True) as progress:
+            bar = progress.add_task("draining", total=tasks)
+            while time.monotonic() - start < DEADLINE_SECONDS:
+                report = store.recover_stale()
+                if report.recovered or report.dead_lettered:
+                    console.print(f"recover_stale: recovered {report.recovered}, dead-lettered {report.dead_lettered}")
+                counts = _counts(store)
+                progress.update(bar, completed=counts.get("done", 0) + counts.get("dead", 0))
+                if _drained(store) and all(p.poll() is not None for p in procs.values()):
+                    break
+                time.sleep(0.2)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    counts = _counts(store)
+    console.print(f"tasks: {counts.get('done', 0)} done, {counts.get('dead', 0)} dead-lettered, "
+                  f"{counts.get('pending', 0)} pending, {counts.get('leased', 0)} leased "
+                  f"in {time.monotonic() - start:.1f} s")
+    if victim_task is not None:
+        history = [e for e in store.events(task_id=victim_task, limit=50)]
+        console.print(f"history of {victim_task}, the task held by the killed agent:")
+        for event in history:
+            console.print(f"  {event['kind']:<16} owner={event['owner'] or '-':<8} fence={event['fencing_token']}")
+    from .cli import print_metrics
+
+    print_metrics(compute_metrics(store, 60))
+    store.close()
+    ok = counts.get("pending", 0) == 0 and counts.get("leased", 0) == 0
+    return 0 if ok else 1
+
+
+def _counts(store: LeaseStore) -> dict[str, int]:
+    return {row["status"]: row["count"] for row in store.status_summary()["counts"] if row["queue"] == QUEUE}
+
+
+def _kill_one_holder(store: LeaseStore, procs: dict[str, subprocess.Popen[bytes]], console: Console) -> str | None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for lease in store.status_summary()["leases"]:
+            proc = procs.get(lease["owner"])
+            if proc is not None and proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                console.print(f"[bold red]SIGKILL[/] {lease['owner']} while it held task {lease['task_id']} "
+                              f"(fence {lease['fencing_token']}); its lease will expire and be recovered")
+                return str(lease["task_id"])
+        time.sleep(0.05)
+    return None
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "worker":
+        sys.exit(worker(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+    sys.exit("usage: python -m leasestore.demo worker DB OWNER SEED")
