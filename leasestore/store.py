@@ -168,11 +168,28 @@ class LeaseStore:
 
     def _write(self, body: Callable[[Any, float], T], *, retries: int = DISCONNECT_RETRIES) -> T:
         """Run ``body(cursor, now)`` in one write transaction."""
+        def transaction() -> T:
+            with self._db.connection() as conn, self._d.write_transaction(conn) as cur:
+                return body(cur, self._d.now(cur))
+
+        return self._retrying(transaction, retries)
+
+    def _statement(self, body: Callable[[Any], T], *, retries: int = DISCONNECT_RETRIES) -> T:
+        """Run ``body(cursor)``: one self-contained (autocommitted) statement."""
+        def run() -> T:
+            with self._db.connection() as conn:
+                return body(conn.cursor())
+
+        return self._retrying(run, retries)
+
+    @staticmethod
+    def _retrying(run: Callable[[], T], retries: int) -> T:
+        # Only a lost connection is retried; busy, read-only and full are the
+        # caller's to handle (they are typed subclasses).
         attempt = 0
         while True:
             try:
-                with self._db.connection() as conn, self._d.write_transaction(conn) as cur:
-                    return body(cur, self._d.now(cur))
+                return run()
             except errors.StoreUnavailable as exc:
                 if attempt >= retries or type(exc) is not errors.StoreUnavailable:
                     raise
@@ -340,9 +357,22 @@ class LeaseStore:
                                      TaskStatus.LEASED, previous=(row[1], int(row[2]), float(row[3])))
             return ClaimResult(ClaimStatus.NO_TASK)
 
-        result = self._write(body)
+        result = None
+        if task_id is None and self._d.supports_fused:
+            result = self._claim_next_fused(dict(base, queue=queue, resume=not additional), token)
+        if result is None:
+            result = self._write(body)
         log_claim.debug("claim %s/%s by %s: %s", queue, task_id, owner, result.status)
         return result
+
+    def _claim_next_fused(self, params: dict[str, Any], token: str) -> ClaimResult | None:
+        """The common case in one round trip; None sends the caller down the full path
+        (the owner holds a lease to resume, or only expired leases are left)."""
+        found = self._statement(lambda cur: self._d.claim_next_fused(cur, params))
+        if found is None or found[0] != "claimed":
+            return None
+        lease = self._lease(found[1], token, params["ttl"], took_over=False)
+        return ClaimResult(ClaimStatus.ACQUIRED, lease=lease, task_id=lease.task_id)
 
     def _claim_named(self, cur: Any, now: float, params: dict[str, Any], token: str,
                      task_id: str, queue: str | None) -> ClaimResult:
@@ -544,11 +574,36 @@ class LeaseStore:
                                  next_attempt_at=available_at if kind is ReleaseResultKind.RETRY_SCHEDULED else None,
                                  dead_letter_id=dead_letter_id)
 
-        result = self._write(body)
+        result: ReleaseResult | errors.LeaseLost | None = None
+        if self._d.supports_fused and isinstance(lease, Lease):
+            result = self._release_fused(lease, outcome, error_text, retry_in, token_hash)
+        if result is None:
+            result = self._write(body)
         if isinstance(result, errors.LeaseLost):
             log_release.info("release refused: %s", result)
             raise result
         return result
+
+    def _release_fused(self, lease: Lease, outcome: ReleaseOutcome, error_text: str | None,
+                       retry_in: float | None, token_hash: str) -> ReleaseResult | None:
+        """Done or retry in one round trip; None when the full path must decide
+        (dead letter, or a refusal whose reason it works out)."""
+        if outcome is ReleaseOutcome.DONE:
+            kind, to_status, delay, reason = ReleaseResultKind.DONE, TaskStatus.DONE, 0.0, None
+        elif lease.attempt < lease.max_attempts:
+            delay = retry_in if retry_in is not None else self.retry_policy.delay(lease.attempt)
+            kind, to_status, reason = ReleaseResultKind.RETRY_SCHEDULED, TaskStatus.PENDING, "failed"
+        else:
+            return None
+        row = self._statement(lambda cur: self._d.release_fused(cur, {
+            "id": lease.task_id, "token_hash": token_hash, "fence": lease.fencing_token,
+            "to_status": to_status.value, "delay": delay, "error": error_text,
+            "kind": (EventKind.RELEASED if kind is ReleaseResultKind.DONE else EventKind.RETRY_SCHEDULED).value,
+            "attempt": lease.attempt, "reason": reason}))
+        if row is None:
+            return None
+        next_at = float(row[2]) if kind is ReleaseResultKind.RETRY_SCHEDULED else None
+        return ReleaseResult(lease.task_id, kind, lease.attempt, next_attempt_at=next_at)
 
     def _attempts(self, cur: Any, task_id: str, lease: LeaseLike) -> tuple[int, int]:
         # A lease's attempt number cannot change while its fencing token stands,

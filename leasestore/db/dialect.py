@@ -80,6 +80,17 @@ class Dialect:
     def select_expired_batch(self, cur: Any, now: float, limit: int) -> list[Sequence[Any]]:
         raise NotImplementedError
 
+    # --- one-round-trip hot paths (optional) ----------------------------------
+    supports_fused: ClassVar[bool] = False
+
+    def claim_next_fused(self, cur: Any, params: dict[str, Any]) -> tuple[str, Sequence[Any]] | None:
+        """("claimed", lease row) or ("mine", (task id,)) or None; autocommitted."""
+        raise NotImplementedError
+
+    def release_fused(self, cur: Any, params: dict[str, Any]) -> Sequence[Any] | None:
+        """(queue, owner, available_at) of a done/retry release, or None if refused."""
+        raise NotImplementedError
+
     # --- schema -----------------------------------------------------------
     def schema_extras(self) -> list[str]:
         """DDL beyond the tables: append-only triggers, functions. Idempotent."""

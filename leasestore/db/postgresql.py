@@ -145,6 +145,19 @@ class PostgresDialect(Dialect):
             return errors.StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}")
         return None
 
+    supports_fused = True
+
+    def claim_next_fused(self, cur: Any, params: dict[str, Any]) -> tuple[str, Sequence[Any]] | None:
+        """One statement: resume check, SKIP LOCKED pick, update and both audit rows."""
+        cur.execute(CLAIM_NEXT, dict(params, offset=self.clock.offset))
+        row = cur.fetchone()
+        return None if row is None else (row[0], row[1:])
+
+    def release_fused(self, cur: Any, params: dict[str, Any]) -> Sequence[Any] | None:
+        """One statement: the fenced update and both audit rows (done or retry only)."""
+        cur.execute(RELEASE, dict(params, offset=self.clock.offset))
+        return cur.fetchone()
+
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, (pg_errors.AdminShutdown, pg_errors.CrashShutdown)):
             return True
@@ -164,3 +177,78 @@ def _rollback_quietly(cur: Any) -> None:
     except psycopg.Error:
         # The connection is gone; the server rolls the transaction back itself.
         pass
+
+
+# --- one-round-trip hot paths -------------------------------------------------
+# Each is a single autocommitted statement (data-modifying CTEs), so a claim or
+# a release costs one round trip instead of six. They write exactly the rows the
+# generic multi-statement path writes.
+
+_CLOCK = "clock AS (SELECT extract(epoch from clock_timestamp())::float8 + %(offset)s AS now)"
+
+CLAIM_NEXT = f"""
+WITH {_CLOCK},
+mine AS (
+  SELECT t.id FROM tasks t, clock
+  WHERE %(resume)s AND t.owner = %(owner)s AND t.queue = %(queue)s AND t.status = 'leased'
+    AND t.lease_expires_at > clock.now
+  LIMIT 1
+),
+picked AS (
+  SELECT t.id FROM tasks t, clock
+  WHERE t.queue = %(queue)s AND t.status = 'pending' AND t.available_at <= clock.now
+    AND NOT EXISTS (SELECT 1 FROM mine)
+  ORDER BY t.available_at, t.created_at LIMIT 1
+  FOR UPDATE OF t SKIP LOCKED
+),
+upd AS (
+  UPDATE tasks t SET status = 'leased', owner = %(owner)s, lease_token_hash = %(token_hash)s,
+         fencing_token = t.fencing_token + 1, attempts = t.attempts + 1,
+         lease_expires_at = clock.now + %(ttl)s, leased_at = clock.now, updated_at = clock.now
+  FROM picked, clock
+  WHERE t.id = picked.id AND t.status = 'pending'
+  RETURNING t.id, t.queue, t.owner, t.fencing_token, t.lease_expires_at, t.attempts,
+            t.max_attempts, t.payload, t.checkpoint, clock.now AS now
+),
+ev AS (
+  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, attempt)
+  SELECT now, id, queue, 'claimed', 'pending', 'leased', owner, fencing_token, attempts FROM upd
+),
+lk AS (
+  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
+  SELECT now, id, queue, owner, 'claim', 'acquired', fencing_token FROM upd
+)
+SELECT 'claimed', id, queue, owner, fencing_token, lease_expires_at, attempts, max_attempts,
+       payload, checkpoint FROM upd
+UNION ALL
+SELECT 'mine', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM mine
+"""
+
+RELEASE = f"""
+WITH {_CLOCK},
+upd AS (
+  UPDATE tasks t SET status = %(to_status)s::text, lease_token_hash = NULL, lease_expires_at = NULL,
+         available_at = clock.now + %(delay)s, last_error = %(error)s, updated_at = clock.now
+  FROM clock
+  WHERE t.id = %(id)s AND t.lease_token_hash = %(token_hash)s AND t.fencing_token = %(fence)s
+    AND t.status = 'leased' AND t.lease_expires_at > clock.now
+  RETURNING t.queue, t.owner, t.available_at, clock.now AS now
+),
+ev AS (
+  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token,
+                         attempt, reason, detail)
+  SELECT now, %(id)s, queue, %(kind)s::text, 'leased', %(to_status)s::text, owner, %(fence)s, %(attempt)s,
+         %(reason)s,
+         CASE WHEN %(kind)s::text = 'retry_scheduled'
+              THEN '{{"retry_at":' || available_at::text || '}}' END
+  FROM upd
+),
+lk AS (
+  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token, detail)
+  SELECT now, %(id)s, queue, owner, 'release', 'released', %(fence)s,
+         '{{"outcome":"' || %(kind)s::text || '"}}'
+  FROM upd
+)
+SELECT queue, owner, available_at FROM upd
+"""
+
