@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import inspect
 from sqlmodel import SQLModel
 
 from .. import errors, models
@@ -69,21 +68,9 @@ def _stored_version(cur: object, db: Database) -> int | None:
 def schema_version(db: Database) -> int | None:
     """The stored schema version, or None when the database has no schema."""
     try:
-        with db.connection() as conn:
-            cur = conn.cursor()
+        with db.connection() as conn, db.dialect.read_transaction(conn) as cur:
             cur.execute("SELECT value FROM leasestore_meta WHERE key = 'schema_version'")
             row = cur.fetchone()
-            _end_read(cur, db)
             return int(row[0]) if row else None
     except errors.SchemaNotInitialized:
         return None
-
-
-def _end_read(cur: object, db: Database) -> None:
-    if db.dialect.name == "postgresql":
-        return  # autocommit: nothing open
-    return
-
-
-def table_names(db: Database) -> list[str]:
-    return sorted(inspect(db.engine).get_table_names())
