@@ -51,15 +51,38 @@ class Dialect:
         return list(self.execute(cur, statement, params).fetchall())
 
     # --- transactions -----------------------------------------------------
+    begin_write: ClassVar[str]
+    begin_read: ClassVar[str]
+    driver_error: ClassVar[type[Exception]]
+
     @contextmanager
     def write_transaction(self, conn: Any) -> Iterator[Any]:
         """A write transaction that holds whatever lock the backend needs up front."""
-        raise NotImplementedError
+        cur = conn.cursor()
+        cur.execute(self.begin_write)
+        try:
+            yield cur
+        except BaseException:
+            self._rollback_quietly(cur)
+            raise
+        cur.execute("COMMIT")
 
     @contextmanager
     def read_transaction(self, conn: Any) -> Iterator[Any]:
         """A consistent read snapshot (one transaction)."""
-        raise NotImplementedError
+        cur = conn.cursor()
+        cur.execute(self.begin_read)
+        try:
+            yield cur
+        finally:
+            self._rollback_quietly(cur)
+
+    def _rollback_quietly(self, cur: Any) -> None:
+        try:
+            cur.execute("ROLLBACK")
+        except self.driver_error:
+            # Nothing left to roll back: the driver or the server already ended it.
+            pass
 
     def now(self, cur: Any) -> float:
         """The database clock, epoch seconds, plus the test offset."""

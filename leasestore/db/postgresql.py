@@ -13,8 +13,7 @@ Time is the server's ``clock_timestamp()``, so hosts with skewed clocks agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -73,26 +72,9 @@ _SCHEMA_LOCK_KEY = 0x1EA5E5
 class PostgresDialect(Dialect):
     name = "postgresql"
     paramstyle_named = False
-
-    @contextmanager
-    def write_transaction(self, conn: Any) -> Iterator[Any]:
-        cur = conn.cursor()
-        cur.execute("BEGIN")
-        try:
-            yield cur
-        except BaseException:
-            _rollback_quietly(cur)
-            raise
-        cur.execute("COMMIT")
-
-    @contextmanager
-    def read_transaction(self, conn: Any) -> Iterator[Any]:
-        cur = conn.cursor()
-        cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        try:
-            yield cur
-        finally:
-            _rollback_quietly(cur)
+    begin_write = "BEGIN"
+    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    driver_error = psycopg.Error
 
     def now(self, cur: Any) -> float:
         cur.execute(NOW, {"offset": self.clock.offset})
@@ -169,14 +151,6 @@ class PostgresDialect(Dialect):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _rollback_quietly(cur: Any) -> None:
-    try:
-        cur.execute("ROLLBACK")
-    except psycopg.Error:
-        # The connection is gone; the server rolls the transaction back itself.
-        pass
 
 
 # --- one-round-trip hot paths -------------------------------------------------

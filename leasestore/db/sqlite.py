@@ -100,6 +100,9 @@ class WriteGate:
 class SqliteDialect(Dialect):
     name = "sqlite"
     paramstyle_named = True
+    begin_write = "BEGIN IMMEDIATE"  # take the write lock up front: no SQLITE_BUSY_SNAPSHOT later
+    begin_read = "BEGIN"
+    driver_error = sqlite3.Error
 
     def __init__(self, clock: Clock, gate: WriteGate | None) -> None:
         super().__init__(clock)
@@ -108,31 +111,11 @@ class SqliteDialect(Dialect):
     @contextmanager
     def write_transaction(self, conn: Any) -> Iterator[Any]:
         if self.gate is None:
-            with self._immediate(conn) as cur:
+            with super().write_transaction(conn) as cur:
                 yield cur
             return
-        with self.gate.hold(), self._immediate(conn) as cur:
+        with self.gate.hold(), super().write_transaction(conn) as cur:
             yield cur
-
-    @contextmanager
-    def _immediate(self, conn: Any) -> Iterator[Any]:
-        cur = conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
-            _rollback_quietly(cur)
-            raise
-        cur.execute("COMMIT")
-
-    @contextmanager
-    def read_transaction(self, conn: Any) -> Iterator[Any]:
-        cur = conn.cursor()
-        cur.execute("BEGIN")
-        try:
-            yield cur
-        finally:
-            _rollback_quietly(cur)
 
     def now(self, cur: Any) -> float:
         return time.time() + self.clock.offset
@@ -174,14 +157,6 @@ class SqliteDialect(Dialect):
         if isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError)):
             return errors.StoreUnavailable(f"SQLite error: {exc}")
         return None
-
-
-def _rollback_quietly(cur: Any) -> None:
-    try:
-        cur.execute("ROLLBACK")
-    except sqlite3.Error:
-        # No transaction left to roll back (SQLite already aborted it).
-        pass
 
 
 def configure_connection(dbapi_connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
