@@ -1,0 +1,242 @@
+"""Claim+release cycles/s through leasestore next to the same cycle in raw SQL.
+
+Both sides run in the same invocation, on the same database server or disk,
+and write the same rows per cycle (the task UPDATE, one event_log row and one
+lock_events row per transaction), so the ratio is the library's own cost.
+The raw SQLite side uses the plain sqlite3 busy handler; the raw PostgreSQL
+side uses the same one-statement CTEs the library sends.
+
+    .venv/bin/python benchmarks/store_vs_raw.py                  # both backends
+    .venv/bin/python benchmarks/store_vs_raw.py --backend sqlite --seconds 3
+    .venv/bin/python benchmarks/store_vs_raw.py --latency        # claim latency at 1k vs 1M pending
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import os
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from leasestore import LeaseStore
+from leasestore.db import postgresql as pg_sql
+
+PG_DSN = os.environ.get("LEASESTORE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+QUEUE = "bench"
+
+# --- raw SQLite cycle: the statements the library runs, without the library ----
+RAW_SQLITE_CLAIM = """
+UPDATE tasks SET status = 'leased', owner = ?, lease_token_hash = ?, fencing_token = fencing_token + 1,
+       attempts = attempts + 1, lease_expires_at = ? + 30, leased_at = ?, updated_at = ?
+WHERE id = (SELECT id FROM tasks WHERE queue = ? AND status = 'pending' AND available_at <= ?
+            ORDER BY available_at, created_at LIMIT 1)
+RETURNING id, fencing_token, attempts
+"""
+RAW_SQLITE_RELEASE = """
+UPDATE tasks SET status = 'done', lease_token_hash = NULL, lease_expires_at = NULL,
+       available_at = ?, updated_at = ?
+WHERE id = ? AND lease_token_hash = ? AND fencing_token = ? AND status = 'leased' AND lease_expires_at > ?
+"""
+RAW_EVENT = """INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, attempt)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""
+RAW_LOCK = """INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
+VALUES (?, ?, ?, ?, ?, ?, ?)"""
+
+
+def raw_sqlite_worker(path: str, owner: str, until: float) -> int:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    cycles = 0
+    while time.time() < until:
+        token_hash = hashlib.sha256(secrets.token_urlsafe(32).encode()).hexdigest()
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(RAW_SQLITE_CLAIM, (owner, token_hash, now, now, now, QUEUE, now)).fetchone()
+        if row is None:
+            conn.execute("COMMIT")
+            break
+        task_id, fence, attempt = row
+        conn.execute(RAW_EVENT, (now, task_id, QUEUE, "claimed", "pending", "leased", owner, fence, attempt))
+        conn.execute(RAW_LOCK, (now, task_id, QUEUE, owner, "claim", "acquired", fence))
+        conn.execute("COMMIT")
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(RAW_SQLITE_RELEASE, (now, now, task_id, token_hash, fence, now))
+        conn.execute(RAW_EVENT, (now, task_id, QUEUE, "released", "leased", "done", owner, fence, attempt))
+        conn.execute(RAW_LOCK, (now, task_id, QUEUE, owner, "release", "released", fence))
+        conn.execute("COMMIT")
+        cycles += 1
+    conn.close()
+    return cycles
+
+
+def raw_pg_worker(url: str, owner: str, until: float) -> int:
+    dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    conn = psycopg.connect(dsn, autocommit=True)
+    cycles = 0
+    while time.time() < until:
+        token_hash = hashlib.sha256(secrets.token_urlsafe(32).encode()).hexdigest()
+        row = conn.execute(pg_sql.CLAIM_NEXT, {"offset": 0.0, "resume": False, "owner": owner, "queue": QUEUE,
+                                               "token_hash": token_hash, "ttl": 30.0}).fetchone()
+        if row is None:
+            break
+        task_id, fence, attempt = row[1], row[4], row[6]
+        conn.execute(pg_sql.RELEASE, {"offset": 0.0, "to_status": "done", "delay": 0.0, "error": None,
+                                      "id": task_id, "token_hash": token_hash, "fence": fence,
+                                      "kind": "released", "attempt": attempt, "reason": None}).fetchone()
+        cycles += 1
+    conn.close()
+    return cycles
+
+
+def library_worker(url: str, owner: str, until: float) -> int:
+    store = LeaseStore(url, init=False)
+    cycles = 0
+    while time.time() < until:
+        lease = store.claim_task(QUEUE, owner, ttl=30, additional=True).lease
+        if lease is None:
+            break
+        store.release_task(lease, "done")
+        cycles += 1
+    store.close()
+    return cycles
+
+
+def _run_worker(kind: str, url: str, owner: str, start: float, seconds: float, results: mp.Queue) -> None:
+    while time.time() < start:
+        time.sleep(0.001)
+    target = {"library": library_worker, "raw-sqlite": raw_sqlite_worker, "raw-pg": raw_pg_worker}[kind]
+    results.put(target(url, owner, start + seconds))
+
+
+def seed(url: str, tasks: int) -> None:
+    """A fresh store with ``tasks`` pending rows (bulk-loaded, not part of the measurement)."""
+    store = LeaseStore(url)
+    now = time.time()
+    rows = [(uuid.uuid4().hex, QUEUE, now - 1, now) for _ in range(tasks)]
+    sql = ("INSERT INTO tasks (id, queue, status, attempts, max_attempts, fencing_token, available_at, "
+           "created_at, updated_at) VALUES ({p}, {p}, 'pending', 0, 3, 0, {p}, {p}, {p2})")
+    if store.backend == "sqlite":
+        conn = sqlite3.connect(store.url.database)
+        conn.executemany(sql.format(p="?", p2="?4"), rows)
+        conn.commit()
+        conn.execute("ANALYZE")
+        conn.close()
+    else:
+        dsn = store.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+            cur.executemany(sql.format(p="%s", p2="%s").replace("{p2}", "%s"),
+                            [(r[0], r[1], r[2], r[3], r[3]) for r in rows])
+            conn.commit()
+            cur.execute("ANALYZE tasks")
+            conn.commit()
+    store.close()
+
+
+def measure(kind: str, url: str, processes: int, seconds: float) -> tuple[float, float]:
+    """(cycles/s, slowest/fastest worker ratio)."""
+    ctx = mp.get_context("spawn")
+    results: mp.Queue = ctx.Queue()
+    start = time.time() + 1.5  # let every process import and connect first
+    procs = [ctx.Process(target=_run_worker, args=(kind, url, f"w{i}", start, seconds, results))
+             for i in range(processes)]
+    for p in procs:
+        p.start()
+    counts = [results.get(timeout=seconds + 120) for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(counts) / seconds, (min(counts) / max(counts) if max(counts) else 0.0)
+
+
+class Target:
+    """A fresh database per measurement: a SQLite file or a PostgreSQL schema."""
+
+    def __init__(self, backend: str, root: Path) -> None:
+        self.backend, self.root = backend, root
+
+    def fresh(self) -> str:
+        name = "b_" + uuid.uuid4().hex[:10]
+        if self.backend == "sqlite":
+            return str(self.root / f"{name}.db")
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {name}")
+        return PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1) + f"?options=-csearch_path%3D{name}"
+
+    def drop_all(self) -> None:
+        if self.backend == "postgresql":
+            with psycopg.connect(PG_DSN, autocommit=True) as conn:
+                for (schema,) in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'b\\_%'").fetchall():
+                    conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def throughput(backends: list[str], seconds: float, repeats: int) -> None:
+    plan = {"sqlite": [1, 4], "postgresql": [1, 4, 8]}
+    print(f"{'backend':<11}{'procs':>6}{'library/s':>11}{'raw/s':>9}{'ratio':>7}{'fair lib':>9}{'fair raw':>9}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            target = Target(backend, Path(tmp))
+            raw_kind = "raw-sqlite" if backend == "sqlite" else "raw-pg"
+            for procs in plan[backend]:
+                lib_runs, raw_runs = [], []
+                for _ in range(repeats):  # alternate so drift hits both sides alike
+                    for kind, runs in (("library", lib_runs), (raw_kind, raw_runs)):
+                        url = target.fresh()
+                        seed(url, 60_000 if backend == "sqlite" else 40_000)
+                        runs.append(measure(kind, url, procs, seconds))
+                lib = statistics.median(r[0] for r in lib_runs)
+                raw = statistics.median(r[0] for r in raw_runs)
+                lib_fair = min(r[1] for r in lib_runs)
+                raw_fair = min(r[1] for r in raw_runs)
+                print(f"{backend:<11}{procs:>6}{lib:>11.0f}{raw:>9.0f}{lib / raw:>7.2f}{lib_fair:>9.2f}{raw_fair:>9.2f}",
+                      flush=True)
+            target.drop_all()
+
+
+def latency(sizes: list[int], claims: int = 300) -> None:
+    print(f"{'pending':>10}{'claim p50 ms':>14}{'claim p95 ms':>14}")
+    base = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            url = str(Path(tmp) / f"lat{size}.db")
+            seed(url, size)
+            store = LeaseStore(url, init=False)
+            samples = []
+            for i in range(claims):
+                t0 = time.perf_counter()
+                store.claim_task(QUEUE, "lat", ttl=30, additional=True)
+                samples.append((time.perf_counter() - t0) * 1000)
+            store.close()
+            p50 = statistics.median(samples)
+            p95 = statistics.quantiles(samples, n=20)[18]
+            base = base or p50
+            print(f"{size:>10}{p50:>14.3f}{p95:>14.3f}   x{p50 / base:.2f} of the smallest", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is printed")
+    parser.add_argument("--latency", action="store_true", help="claim latency at 1k / 100k / 1M pending (SQLite)")
+    args = parser.parse_args()
+    if args.latency:
+        latency([1_000, 100_000, 1_000_000])
+        return 0
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    throughput(backends, args.seconds, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
