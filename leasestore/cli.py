@@ -49,11 +49,8 @@ def _root(db: DbOption = None) -> None:
     state.db = db
 
 
-def _open(db: str | None, *, init: bool = False) -> LeaseStore:
-    store = LeaseStore(db or state.db, init=False)
-    if init:
-        store.init_db()
-    return store
+def _open(db: str | None, *, create: bool = False) -> LeaseStore:
+    return LeaseStore(db or state.db, init=create)
 
 
 def _parse_json(text: str | None, what: str) -> Any:
@@ -79,7 +76,7 @@ def _ts(epoch: float | None) -> str:
 @app.command("init-db")
 def init_db(db: DbOption = None) -> None:
     """Create or upgrade the schema (safe to run again)."""
-    with _open(db) as store:
+    with _open(db, create=True) as store:
         version = store.init_db()
         out.print(f"schema version {version} ready at {store.url.render_as_string(hide_password=True)}")
 

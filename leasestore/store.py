@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import uuid
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -132,6 +133,10 @@ class LeaseStore:
         self.clock = Clock(float(clock_offset))
         self.retry_policy = retry_policy or RetryPolicy()
         self.default_ttl = validation.ttl(default_ttl)
+        if not init and self.url.get_backend_name() == "sqlite" and not Path(self.url.database or "").exists():
+            # Reading a store that is not there must not leave an empty file behind.
+            raise errors.SchemaNotInitialized(
+                f"no database at {self.url.database}: run `leasestore init-db`")
         self._db: Database = open_database(
             self.url, clock=self.clock, busy_timeout=busy_timeout, fair_writes=fair_writes
         )
