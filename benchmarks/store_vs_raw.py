@@ -101,7 +101,7 @@ def raw_pg_worker(url: str, owner: str, until: float) -> int:
 
 
 def library_worker(url: str, owner: str, until: float) -> int:
-    store = LeaseStore(url, init=False)
+    store = LeaseStore(url, init=False, fair_writes=os.environ.get("LEASESTORE_BENCH_FAIR", "1") == "1")
     cycles = 0
     while time.time() < until:
         lease = store.claim_task(QUEUE, owner, ttl=30, additional=True).lease
