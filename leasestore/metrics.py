@@ -190,3 +190,98 @@ def record_alerts(store: LeaseStore, report: MetricsReport) -> int:
         return len(breached)
 
     return store._write(body)
+
+
+# --- what operators need beside the seven (exporter) ------------------------
+
+MAX_QUEUE_LABELS = 50
+OTHER_QUEUES = "other"
+KNOWN_STATUSES = ("pending", "leased", "done", "dead")
+
+TASKS_BY_QUEUE_STATUS = "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status"
+LEASES_BY_QUEUE = (
+    "SELECT queue, COUNT(*), MIN(leased_at) FROM tasks WHERE status = 'leased' GROUP BY queue"
+)
+READY_PENDING_BY_QUEUE = (
+    "SELECT queue, MIN(available_at) FROM tasks WHERE status = 'pending' AND available_at <= :now GROUP BY queue"
+)
+
+
+@dataclass(frozen=True)
+class QueueSnapshot:
+    tasks: dict[str, int]  # status -> count, every known status present
+    active_leases: int
+    oldest_lease_age: float  # seconds on the database clock; 0 when none
+    oldest_pending_age: float  # seconds a ready task has waited; 0 when none
+
+
+def queue_snapshot(cur: Any, dialect: Any, now: float, max_queues: int = MAX_QUEUE_LABELS) -> dict[str, QueueSnapshot]:
+    """Per-queue task counts and lease ages, the busiest ``max_queues`` queues by
+    name and the rest folded into ``other`` (labels must stay bounded)."""
+    counts: dict[str, dict[str, int]] = {}
+    for queue, status, count in dialect.fetchall(cur, TASKS_BY_QUEUE_STATUS):
+        counts.setdefault(queue, {})[status] = int(count)
+    leases = {q: (int(n), float(oldest)) for q, n, oldest in dialect.fetchall(cur, LEASES_BY_QUEUE)}
+    pending = {q: float(oldest) for q, oldest in dialect.fetchall(cur, READY_PENDING_BY_QUEUE, {"now": now})}
+    ranked = sorted(counts, key=lambda q: (-sum(counts[q].values()), q))
+    keep = set(ranked[:max_queues])
+
+    def label(queue: str) -> str:
+        return queue if queue in keep else OTHER_QUEUES
+
+    merged: dict[str, dict[str, Any]] = {}
+    for queue in ranked:
+        entry = merged.setdefault(label(queue), {"tasks": dict.fromkeys(KNOWN_STATUSES, 0), "leases": 0,
+                                                  "oldest_lease": None, "oldest_pending": None})
+        for status, count in counts[queue].items():
+            entry["tasks"][status] = entry["tasks"].get(status, 0) + count
+        if queue in leases:
+            n, oldest = leases[queue]
+            entry["leases"] += n
+            entry["oldest_lease"] = min(filter(None, (entry["oldest_lease"], oldest)))
+        if queue in pending:
+            entry["oldest_pending"] = min(filter(None, (entry["oldest_pending"], pending[queue])))
+    return {
+        name: QueueSnapshot(
+            tasks=e["tasks"], active_leases=e["leases"],
+            oldest_lease_age=max(0.0, now - e["oldest_lease"]) if e["oldest_lease"] is not None else 0.0,
+            oldest_pending_age=max(0.0, now - e["oldest_pending"]) if e["oldest_pending"] is not None else 0.0,
+        )
+        for name, e in merged.items()
+    }
+
+
+# Rows of an append-only table are counted once: a watermark remembers the
+# highest id already added. Only rows older than SETTLE_SECONDS move under the
+# watermark, because on PostgreSQL a transaction can commit a lower id after a
+# higher one; the newer rows are counted fresh on each read.
+SETTLE_SECONDS = 30.0
+
+
+class AppendOnlyCounter:
+    """Totals by ``column`` over an append-only table, cheap at millions of rows."""
+
+    def __init__(self, table: str, column: str) -> None:
+        if table not in ("event_log", "lock_events") or column not in ("kind", "outcome"):
+            raise ValueError("unsupported table or column")
+        self._first_unsettled_sql = f"SELECT MIN(id) FROM {table} WHERE id > :after AND ts > :cutoff"
+        self._count_sql = (f"SELECT {column}, COUNT(*), MAX(id) FROM {table} "
+                           f"WHERE id > :after AND id < :before GROUP BY {column}")
+        self._settled: dict[str, int] = {}
+        self._watermark = 0
+
+    def read(self, cur: Any, dialect: Any, now: float) -> dict[str, int]:
+        row = dialect.fetchone(cur, self._first_unsettled_sql,
+                               {"after": self._watermark, "cutoff": now - SETTLE_SECONDS})
+        unsettled_from = int(row[0]) if row and row[0] is not None else None
+        settle_before = unsettled_from if unsettled_from is not None else 2**62
+        for key, count, max_id in dialect.fetchall(cur, self._count_sql,
+                                                   {"after": self._watermark, "before": settle_before}):
+            self._settled[key] = self._settled.get(key, 0) + int(count)
+            self._watermark = max(self._watermark, int(max_id))
+        totals = dict(self._settled)
+        if unsettled_from is not None:
+            for key, count, _ in dialect.fetchall(cur, self._count_sql,
+                                                  {"after": unsettled_from - 1, "before": 2**62}):
+                totals[key] = totals.get(key, 0) + int(count)
+        return totals

@@ -1,0 +1,1 @@
+"""The leasestore Prometheus exporter: ``leasestore exporter`` or ``leasestore-exporter``."""
