@@ -1,0 +1,115 @@
+"""Writes leasestore.rules.test.yml: three promtool cases per alert and a few more.
+
+The expected annotations are rendered here the way Prometheus renders them, so
+the test file stays in step with the rules: run this after editing the rules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).parent
+INSTANCE = {"job": "leasestore", "instance": "localhost:9464"}
+SEED = {  # gauge: default threshold
+    "leasestore_retry_attempts": 20,
+    "leasestore_retry_limit_reached": 1,
+    "leasestore_lock_expired": 3,
+    "leasestore_duplicate_suppressed": 5,
+    "leasestore_stale_recovery_failure_ratio": 0.15,
+    "leasestore_dead_letters_open": 2,
+    "leasestore_lock_conflict_events": 220,
+}
+BREACH_FROM_MINUTE = 11
+
+
+def minutes(duration: str) -> int:
+    assert duration.endswith("m"), duration
+    return int(duration[:-1])
+
+
+def series(name: str, values: str) -> dict:
+    labels = ",".join(f'{k}="{v}"' for k, v in INSTANCE.items())
+    return {"series": f"{name}{{{labels}}}", "values": values}
+
+
+def render(text: str, value: float) -> str:
+    shown = f"{value * 100:g}%" if "humanizePercentage" in text else f"{value:g}"
+    for template in ("{{ $value | humanizePercentage }}", "{{ $value }}"):
+        text = text.replace(template, shown)
+    return text.replace("{{ $labels.instance }}", INSTANCE["instance"])
+
+
+def expected(rule: dict, value: float) -> dict:
+    return {"exp_labels": {**INSTANCE, **rule["labels"]},
+            "exp_annotations": {k: render(v, value) for k, v in rule["annotations"].items()}}
+
+
+def seed_alert_tests(rule: dict) -> list[dict]:
+    gauge = rule["expr"].split(" >= ")[0]
+    threshold = SEED[gauge]
+    below = threshold - (0.05 if isinstance(threshold, float) else 1)
+    hold = minutes(rule["for"])
+    values = f"{below}x{BREACH_FROM_MINUTE - 1} {threshold}x{BREACH_FROM_MINUTE + hold + 10}"
+    alert = rule["alert"]
+    return [{
+        "interval": "1m",
+        "input_series": [series(gauge, values), series(f"{gauge}_threshold", f"{threshold}x60")],
+        "alert_rule_test": [
+            # below the threshold: silent
+            {"eval_time": f"{BREACH_FROM_MINUTE - 2}m", "alertname": alert, "exp_alerts": []},
+            # at the threshold for less than `for`: pending, not firing
+            {"eval_time": f"{BREACH_FROM_MINUTE - 1 + hold - 1}m", "alertname": alert, "exp_alerts": []},
+            # at the threshold long enough: firing
+            {"eval_time": f"{BREACH_FROM_MINUTE + hold + 1}m", "alertname": alert,
+             "exp_alerts": [expected(rule, threshold)]},
+        ],
+    }, {
+        # an operator raised the threshold (METRICS_THRESHOLD_*): the same value stays silent
+        "interval": "1m",
+        "input_series": [series(gauge, f"{threshold}x60"), series(f"{gauge}_threshold", f"{threshold * 10}x60")],
+        "alert_rule_test": [{"eval_time": "40m", "alertname": alert, "exp_alerts": []}],
+    }]
+
+
+def health_tests(rules: dict[str, dict]) -> list[dict]:
+    down, unreachable = rules["LeaseStoreExporterDown"], rules["LeaseStoreUnreachable"]
+    return [{
+        "interval": "1m",
+        "input_series": [series("up", "1x10 0x20"), series("leasestore_up", "1x5 0x20")],
+        "alert_rule_test": [
+            {"eval_time": "5m", "alertname": "LeaseStoreUnreachable", "exp_alerts": []},
+            {"eval_time": "7m", "alertname": "LeaseStoreUnreachable", "exp_alerts": []},
+            {"eval_time": "9m", "alertname": "LeaseStoreUnreachable", "exp_alerts": [expected(unreachable, 0)]},
+            {"eval_time": "9m", "alertname": "LeaseStoreExporterDown", "exp_alerts": []},
+            {"eval_time": "12m", "alertname": "LeaseStoreExporterDown", "exp_alerts": []},
+            {"eval_time": "14m", "alertname": "LeaseStoreExporterDown", "exp_alerts": [expected(down, 0)]},
+        ],
+    }, {
+        # no scrape target at all
+        "interval": "1m",
+        "input_series": [{"series": 'up{job="other"}', "values": "1x10"}],
+        "alert_rule_test": [
+            {"eval_time": "1m", "alertname": "LeaseStoreExporterDown", "exp_alerts": []},
+            {"eval_time": "5m", "alertname": "LeaseStoreExporterDown", "exp_alerts": [{
+                "exp_labels": {"job": "leasestore", **down["labels"]},
+                "exp_annotations": {k: v.replace("{{ $labels.instance }}", "")
+                                    for k, v in down["annotations"].items()}}]},
+        ],
+    }]
+
+
+def main() -> None:
+    rules_file = HERE / "leasestore.rules.yml"
+    rules = {r["alert"]: r for r in yaml.safe_load(rules_file.read_text())["groups"][0]["rules"]}
+    tests = [t for name, rule in rules.items() if name in {r for r in rules} and " >= " in rule["expr"]
+             for t in seed_alert_tests(rule)]
+    tests += health_tests(rules)
+    doc = {"rule_files": [rules_file.name], "evaluation_interval": "1m", "tests": tests}
+    header = "# Generated by render_tests.py from leasestore.rules.yml; run: promtool test rules this-file\n"
+    (HERE / "leasestore.rules.test.yml").write_text(header + yaml.safe_dump(doc, sort_keys=False, width=200))
+
+
+if __name__ == "__main__":
+    main()
