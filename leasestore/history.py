@@ -1,0 +1,320 @@
+"""Check a run's audit log against the store's invariants.
+
+:func:`check_events` replays ``event_log`` rows per task, in id order (a
+task's own events are serialised by its row lock, so id order is their real
+order even where timestamps of different tasks interleave), as a state machine
+over ``from_status``/``to_status``. It reports every departure from the
+contract in DESIGN.md as a :class:`Violation`:
+
+``single_holder``
+    a claim while a lease was held, a takeover before the previous lease's
+    expiry (``ts`` against ``detail.previous_expires_at``) or of a lease other
+    than the current one, or a lease-ending write accepted from a fencing
+    token that no longer held the lease;
+``fencing_monotonic``
+    a claim or takeover whose fencing token is not above every earlier one;
+``terminal_once``
+    any event after a task was done, or a second dead letter without a requeue;
+``event_per_change``
+    a row whose statuses do not fit its kind or the task's replayed state (a
+    change without its event), a task that does not start with ``enqueued``,
+    or a final status that disagrees with the log;
+``not_drained``
+    a task neither done nor dead at the end (only with ``require_drained``).
+
+The lease expiry is not in ``event_log`` (heartbeats extend it in
+``lock_events`` only), so an early takeover is detected from the takeover
+row's own record of the expiry it replaced; recoveries are checked by state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .models import EventKind, TaskStatus
+
+if TYPE_CHECKING:
+    from .store import LeaseStore
+
+SINGLE_HOLDER = "single_holder"
+FENCING_MONOTONIC = "fencing_monotonic"
+TERMINAL_ONCE = "terminal_once"
+EVENT_PER_CHANGE = "event_per_change"
+NOT_DRAINED = "not_drained"
+INVARIANTS = (SINGLE_HOLDER, FENCING_MONOTONIC, TERMINAL_ONCE, EVENT_PER_CHANGE, NOT_DRAINED)
+
+TERMINAL = (TaskStatus.DONE.value, TaskStatus.DEAD.value)
+PAGE_SIZE = 5000
+
+_P, _L, _D, _X = (TaskStatus.PENDING.value, TaskStatus.LEASED.value,
+                  TaskStatus.DONE.value, TaskStatus.DEAD.value)
+
+# The only (from_status, to_status) each kind of row may carry.
+TRANSITIONS: dict[str, tuple[str | None, str]] = {
+    EventKind.ENQUEUED.value: (None, _P),
+    EventKind.CLAIMED.value: (_P, _L),
+    EventKind.TAKEN_OVER.value: (_L, _L),
+    EventKind.CHECKPOINTED.value: (_L, _L),
+    EventKind.RELEASED.value: (_L, _D),
+    EventKind.RETRY_SCHEDULED.value: (_L, _P),
+    EventKind.DEAD_LETTERED.value: (_L, _X),
+    EventKind.RECOVERED.value: (_L, _P),
+    EventKind.REVOKED.value: (_L, _P),
+    EventKind.REQUEUED.value: (_X, _P),
+    EventKind.RESOLVED.value: (_X, _X),
+}
+NEW_LEASE = frozenset({EventKind.CLAIMED.value, EventKind.TAKEN_OVER.value})
+# Rows written on behalf of the current lease: they must carry its fencing token.
+UNDER_LEASE = frozenset({
+    EventKind.CHECKPOINTED.value, EventKind.RELEASED.value, EventKind.RETRY_SCHEDULED.value,
+    EventKind.DEAD_LETTERED.value, EventKind.RECOVERED.value, EventKind.REVOKED.value,
+})
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    task_id: str | None
+    event_id: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"task {self.task_id!r}" if self.task_id is not None else "log"
+        at = f" event {self.event_id}" if self.event_id is not None else ""
+        return f"[{self.invariant}] {where}{at}: {self.message}"
+
+
+@dataclass
+class HistoryReport:
+    tasks: int
+    events: int
+    terminal: dict[str, int]
+    unfinished: list[str]
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def by_invariant(self) -> dict[str, int]:
+        return dict(Counter(v.invariant for v in self.violations))
+
+    def summary(self) -> str:
+        head = (f"history {'ok' if self.ok else 'VIOLATED'}: {self.tasks} tasks, {self.events} events, "
+                f"done {self.terminal.get(_D, 0)}, dead {self.terminal.get(_X, 0)}, "
+                f"unfinished {len(self.unfinished)}, violations {len(self.violations)}")
+        if self.ok:
+            return head
+        counts = ", ".join(f"{k}={n}" for k, n in sorted(self.by_invariant().items()))
+        shown = "\n".join(f"  {v}" for v in self.violations[:5])
+        more = f"\n  … and {len(self.violations) - 5} more" if len(self.violations) > 5 else ""
+        return f"{head} ({counts})\n{shown}{more}"
+
+
+@dataclass
+class _Lease:
+    owner: str | None
+    fence: int
+
+
+@dataclass
+class _TaskReplay:
+    """What the log says about one task so far."""
+
+    task_id: str
+    status: str | None = None
+    lease: _Lease | None = None
+    max_fence: int = 0
+
+
+def _detail(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if isinstance(raw, str) and raw:
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+    return {}
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+
+    def flag(self, invariant: str, task_id: str | None, event_id: int | None, message: str) -> None:
+        self.violations.append(Violation(invariant, task_id, event_id, message))
+
+    def replay(self, t: _TaskReplay, e: Mapping[str, Any]) -> None:
+        eid = _int_or_none(e.get("id"))
+        kind = str(e.get("kind"))
+        row_from, row_to = e.get("from_status"), e.get("to_status")
+        fence = _int_or_none(e.get("fencing_token"))
+        tid = t.task_id
+        expected = TRANSITIONS.get(kind)
+        if expected is None:
+            self.flag(EVENT_PER_CHANGE, tid, eid, f"unknown event kind {kind!r}")
+            return
+        exp_from, exp_to = expected
+        if (row_from, row_to) != expected:
+            self.flag(EVENT_PER_CHANGE, tid, eid,
+                      f"{kind} must go {exp_from}->{exp_to}, the row says {row_from}->{row_to}")
+        state = t.status
+
+        if kind == EventKind.ENQUEUED:
+            if state is not None:
+                self.flag(EVENT_PER_CHANGE, tid, eid, f"enqueued again while {state}")
+        elif state is None:
+            self.flag(EVENT_PER_CHANGE, tid, eid, f"first event is {kind}, not enqueued")
+        elif state == _D:
+            self.flag(TERMINAL_ONCE, tid, eid, f"{kind} after the task was done")
+        elif state == _X and exp_from != _X:
+            what = "dead-lettered a second time" if kind == EventKind.DEAD_LETTERED else f"{kind} while dead-lettered"
+            self.flag(TERMINAL_ONCE, tid, eid, f"{what} (no requeue in between)")
+        elif kind == EventKind.CLAIMED and state == _L:
+            held = t.lease
+            self.flag(SINGLE_HOLDER, tid, eid,
+                      f"claimed by {e.get('owner')!r} (fence {fence}) while the lease of "
+                      f"{held.owner if held else None!r} (fence {held.fence if held else None}) was held")
+        elif state != exp_from:
+            self.flag(EVENT_PER_CHANGE, tid, eid,
+                      f"{kind} from {exp_from}, but the log left the task {state}: "
+                      "a state change without its event")
+        elif kind == EventKind.TAKEN_OVER:
+            self._check_takeover(t, e, eid, fence)
+        elif kind in UNDER_LEASE and t.lease is not None and fence != t.lease.fence:
+            self.flag(SINGLE_HOLDER, tid, eid,
+                      f"{kind} accepted from fencing token {fence} while fence {t.lease.fence} "
+                      f"({t.lease.owner!r}) held the lease")
+
+        if kind in NEW_LEASE:
+            if fence is None or fence <= t.max_fence:
+                self.flag(FENCING_MONOTONIC, tid, eid,
+                          f"{kind} with fencing token {fence}, not above the earlier {t.max_fence}")
+            t.lease = _Lease(e.get("owner"), fence if fence is not None else t.max_fence)
+        elif exp_to != _L:
+            t.lease = None
+        if fence is not None:
+            t.max_fence = max(t.max_fence, fence)
+        t.status = exp_to
+
+    def _check_takeover(self, t: _TaskReplay, e: Mapping[str, Any], eid: int | None,
+                        fence: int | None) -> None:
+        detail = _detail(e.get("detail"))
+        prev_fence = detail.get("previous_fencing_token")
+        if t.lease is not None and prev_fence is not None and int(prev_fence) != t.lease.fence:
+            self.flag(SINGLE_HOLDER, t.task_id, eid,
+                      f"taken over from fence {prev_fence}, but fence {t.lease.fence} held the lease")
+        prev_expires, ts = detail.get("previous_expires_at"), e.get("ts")
+        if prev_expires is not None and ts is not None and float(ts) < float(prev_expires):
+            self.flag(SINGLE_HOLDER, t.task_id, eid,
+                      f"taken over by {e.get('owner')!r} (fence {fence}) "
+                      f"{float(prev_expires) - float(ts):.3f} s before the previous lease expired")
+
+
+def check_events(
+    events: Iterable[Mapping[str, Any]],
+    final_status: Mapping[str, str] | None = None,
+    *,
+    require_drained: bool = True,
+) -> HistoryReport:
+    """Replay ``event_log`` rows (dicts with its columns) and report every violation.
+
+    ``final_status`` (task id → status from the ``tasks`` table), when given,
+    must agree with where each task's log ends, and names tasks that have no
+    event at all. With ``require_drained``, every task must end done or dead.
+    """
+    checker = _Checker()
+    rows = list(events)
+    seen_ids: set[int] = set()
+    per_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for e in rows:
+        eid = _int_or_none(e.get("id"))
+        if eid is not None:
+            if eid in seen_ids:
+                checker.flag(EVENT_PER_CHANGE, e.get("task_id"), eid, "event id appears twice")
+                continue
+            seen_ids.add(eid)
+        per_task[str(e.get("task_id"))].append(e)
+
+    replays: dict[str, _TaskReplay] = {}
+    for task_id, task_events in per_task.items():
+        t = replays[task_id] = _TaskReplay(task_id)
+        for e in sorted(task_events, key=lambda r: _int_or_none(r.get("id")) or 0):
+            checker.replay(t, e)
+
+    final: dict[str, str | None] = {tid: t.status for tid, t in replays.items()}
+    if final_status is not None:
+        for task_id, status in final_status.items():
+            logged = final.get(task_id)
+            if task_id not in final:
+                checker.flag(EVENT_PER_CHANGE, task_id, None, f"task is {status} but has no event")
+            elif logged != status:
+                checker.flag(EVENT_PER_CHANGE, task_id, None,
+                             f"task row says {status}, its event log ends at {logged}")
+            final[task_id] = status
+        for task_id in replays.keys() - final_status.keys():
+            checker.flag(EVENT_PER_CHANGE, task_id, None, "events name a task that is not in tasks")
+
+    terminal = {_D: 0, _X: 0}
+    unfinished = []
+    for task_id, status in sorted(final.items()):
+        if status in terminal:
+            terminal[status] += 1
+        else:
+            unfinished.append(task_id)
+            if require_drained:
+                checker.flag(NOT_DRAINED, task_id, None, f"ended {status}, not done or dead")
+    return HistoryReport(tasks=len(final), events=len(rows), terminal=terminal,
+                         unfinished=unfinished, violations=checker.violations)
+
+
+EVENT_COLUMNS = ("id", "ts", "task_id", "queue", "kind", "from_status", "to_status", "owner",
+                 "fencing_token", "attempt", "reason", "detail")
+_EVENTS_PAGE = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM event_log WHERE id > :after "
+                "ORDER BY id LIMIT :limit")
+_TASKS_PAGE = "SELECT id, status FROM tasks WHERE id > :after ORDER BY id LIMIT :limit"
+
+
+def _paged(fetch: Any, sql: str, first: Any, page_size: int) -> Iterable[Sequence[Any]]:
+    after = first
+    while True:
+        page = fetch(sql, {"after": after, "limit": page_size})
+        yield from page
+        if len(page) < page_size:
+            return
+        after = page[-1][0]
+
+
+def read_snapshot(store: LeaseStore, *, page_size: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The whole ``event_log`` in id order and every task's status, read in
+    pages inside one read transaction, so both come from the same snapshot
+    even while workers go on writing."""
+    def body(cur: Any, now: float) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        def fetch(sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
+            return store.database.dialect.fetchall(cur, sql, params)
+
+        events = [dict(zip(EVENT_COLUMNS, r)) for r in _paged(fetch, _EVENTS_PAGE, 0, page_size)]
+        final = {str(r[0]): str(r[1]) for r in _paged(fetch, _TASKS_PAGE, "", page_size)}
+        return events, final
+
+    return store._read(body)
+
+
+def check_history(store: LeaseStore, *, require_drained: bool = True) -> HistoryReport:
+    """Check everything the store has recorded (see :func:`check_events`).
+
+    Safe while workers are still running (then pass ``require_drained=False``):
+    the log and the statuses are read from one snapshot.
+    """
+    events, final = read_snapshot(store)
+    return check_events(events, final, require_drained=require_drained)

@@ -1,0 +1,264 @@
+"""The history checker: hand-made broken logs each invariant must catch, and real logs it must pass."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from leasestore import LeaseStore
+from leasestore.history import (
+    EVENT_PER_CHANGE,
+    FENCING_MONOTONIC,
+    NOT_DRAINED,
+    SINGLE_HOLDER,
+    TERMINAL_ONCE,
+    HistoryReport,
+    check_events,
+    check_history,
+)
+
+
+class Log:
+    """Builds event_log rows the way the store writes them."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, task: str, kind: str, frm: str | None, to: str, *, owner: str | None = None,
+            fence: int | None = None, ts: float | None = None, detail: dict[str, Any] | None = None) -> int:
+        eid = len(self.rows) + 1
+        self.rows.append({"id": eid, "ts": float(eid) if ts is None else ts, "task_id": task, "queue": "q",
+                          "kind": kind, "from_status": frm, "to_status": to, "owner": owner,
+                          "fencing_token": fence, "attempt": None, "reason": None,
+                          "detail": json.dumps(detail) if detail else None})
+        return eid
+
+    def enqueue(self, task: str) -> int:
+        return self.add(task, "enqueued", None, "pending")
+
+    def claim(self, task: str, owner: str, fence: int, **kw: Any) -> int:
+        return self.add(task, "claimed", "pending", "leased", owner=owner, fence=fence, **kw)
+
+    def take_over(self, task: str, owner: str, fence: int, *, prev_fence: int, prev_expires: float,
+                  ts: float) -> int:
+        return self.add(task, "taken_over", "leased", "leased", owner=owner, fence=fence, ts=ts,
+                        detail={"previous_owner": "x", "previous_fencing_token": prev_fence,
+                                "previous_expires_at": prev_expires})
+
+    def done(self, task: str, owner: str, fence: int) -> int:
+        return self.add(task, "released", "leased", "done", owner=owner, fence=fence)
+
+
+def only(report: HistoryReport, invariant: str) -> list:
+    assert report.violations, "expected a violation"
+    assert {v.invariant for v in report.violations} == {invariant}, report.summary()
+    return report.violations
+
+
+def test_a_clean_history_passes() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.add("t1", "checkpointed", "leased", "leased", owner="a", fence=1)
+    log.take_over("t1", "b", 2, prev_fence=1, prev_expires=3.5, ts=4.0)
+    log.add("t1", "retry_scheduled", "leased", "pending", owner="b", fence=2)
+    log.claim("t1", "c", 3)
+    log.add("t1", "recovered", "leased", "pending", owner="c", fence=3)
+    log.claim("t1", "a", 4)
+    log.add("t1", "dead_lettered", "leased", "dead", owner="a", fence=4)
+    log.add("t1", "requeued", "dead", "pending")
+    log.claim("t1", "a", 5)
+    log.done("t1", "a", 5)
+    log.enqueue("t2")
+    log.claim("t2", "a", 1)
+    log.add("t2", "dead_lettered", "leased", "dead", owner="a", fence=1)
+    log.add("t2", "resolved", "dead", "dead")
+    report = check_events(log.rows, {"t1": "done", "t2": "dead"})
+    assert report.ok, report.summary()
+    assert (report.tasks, report.events, report.terminal, report.unfinished) == (2, 16, {"done": 1, "dead": 1}, [])
+    assert report.summary().startswith("history ok: 2 tasks, 16 events, done 1, dead 1")
+
+
+def test_second_claim_while_held_is_two_holders() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    bad = log.add("t1", "claimed", "pending", "leased", owner="b", fence=2)
+    log.done("t1", "b", 2)
+    [v] = only(check_events(log.rows), SINGLE_HOLDER)
+    assert (v.task_id, v.event_id) == ("t1", bad)
+    assert "'b' (fence 2) while the lease of 'a' (fence 1) was held" in v.message
+
+
+def test_takeover_before_expiry_is_two_holders() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    bad = log.take_over("t1", "b", 2, prev_fence=1, prev_expires=10.0, ts=9.75)
+    log.done("t1", "b", 2)
+    [v] = only(check_events(log.rows), SINGLE_HOLDER)
+    assert v.event_id == bad and "0.250 s before the previous lease expired" in v.message
+
+
+def test_takeover_of_a_lease_that_was_not_current() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.take_over("t1", "b", 2, prev_fence=1, prev_expires=2.0, ts=3.0)
+    bad = log.take_over("t1", "c", 3, prev_fence=1, prev_expires=2.0, ts=5.0)
+    log.done("t1", "c", 3)
+    [v] = only(check_events(log.rows), SINGLE_HOLDER)
+    assert v.event_id == bad and "from fence 1, but fence 2 held" in v.message
+
+
+def test_release_by_a_fenced_out_holder() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.take_over("t1", "b", 2, prev_fence=1, prev_expires=2.0, ts=3.0)
+    bad = log.done("t1", "a", 1)
+    [v] = only(check_events(log.rows), SINGLE_HOLDER)
+    assert v.event_id == bad and "released accepted from fencing token 1 while fence 2 ('b')" in v.message
+
+
+def test_fencing_token_reused_or_falling() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 3)
+    log.add("t1", "retry_scheduled", "leased", "pending", owner="a", fence=3)
+    bad = log.claim("t1", "b", 3)
+    log.done("t1", "b", 3)
+    [v] = only(check_events(log.rows), FENCING_MONOTONIC)
+    assert v.event_id == bad and "fencing token 3, not above the earlier 3" in v.message
+
+
+def test_done_twice_and_work_after_done() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.done("t1", "a", 1)
+    bad = log.done("t1", "a", 1)
+    violations = only(check_events(log.rows), TERMINAL_ONCE)
+    assert [v.event_id for v in violations] == [bad] and "after the task was done" in violations[0].message
+
+
+def test_dead_lettered_twice_without_requeue() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.add("t1", "dead_lettered", "leased", "dead", owner="a", fence=1)
+    bad = log.add("t1", "dead_lettered", "leased", "dead", owner="a", fence=1)
+    [v] = only(check_events(log.rows), TERMINAL_ONCE)
+    assert v.event_id == bad and "dead-lettered a second time" in v.message
+
+
+def test_state_change_without_its_event() -> None:
+    """A task released to pending with no retry_scheduled row, then recovered: the log skipped a change."""
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.add("t1", "retry_scheduled", "leased", "pending", owner="a", fence=1)
+    bad = log.add("t1", "recovered", "leased", "pending", owner="a", fence=1)
+    log.claim("t1", "a", 2)
+    log.done("t1", "a", 2)
+    [v] = only(check_events(log.rows), EVENT_PER_CHANGE)
+    assert v.event_id == bad and "without its event" in v.message
+
+
+@pytest.mark.parametrize("case", ["no_enqueue", "wrong_statuses", "unknown_kind", "row_disagrees",
+                                  "silent_task", "enqueued_twice", "duplicate_id"])
+def test_incomplete_or_inconsistent_log(case: str) -> None:
+    log = Log()
+    final = {"t1": "done"}
+    if case != "no_enqueue":
+        log.enqueue("t1")
+    if case == "enqueued_twice":
+        log.enqueue("t1")
+    if case == "wrong_statuses":
+        log.add("t1", "claimed", "leased", "leased", owner="a", fence=1)
+    else:
+        log.claim("t1", "a", 1)
+    if case == "unknown_kind":
+        log.add("t1", "teleported", "leased", "leased")
+    log.done("t1", "a", 1)
+    if case == "row_disagrees":
+        final = {"t1": "pending"}
+    if case == "silent_task":
+        final["t2"] = "done"
+    if case == "duplicate_id":
+        log.rows.append(dict(log.rows[-1]))
+    violations = only(check_events(log.rows, final, require_drained=False), EVENT_PER_CHANGE)
+    assert len(violations) == 1, violations
+    expected = {"no_enqueue": "first event is claimed, not enqueued", "wrong_statuses": "claimed must go pending->leased",
+                "unknown_kind": "unknown event kind 'teleported'", "row_disagrees": "task row says pending, its event log ends at done",
+                "silent_task": "task is done but has no event", "enqueued_twice": "enqueued again while pending",
+                "duplicate_id": "event id appears twice"}[case]
+    assert expected in violations[0].message
+
+
+def test_unfinished_tasks_fail_only_when_draining_is_required() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.enqueue("t2")
+    relaxed = check_events(log.rows)
+    violations = only(relaxed, NOT_DRAINED)
+    assert [v.task_id for v in violations] == ["t1", "t2"] and relaxed.unfinished == ["t1", "t2"]
+    assert "ended leased" in violations[0].message
+    assert check_events(log.rows, require_drained=False).ok
+
+
+def test_events_out_of_id_order_are_replayed_in_id_order() -> None:
+    """PostgreSQL may commit two tasks' rows out of id order; each task is replayed by id."""
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.done("t1", "a", 1)
+    assert check_events(list(reversed(log.rows))).ok
+
+
+def test_summary_names_each_violation() -> None:
+    log = Log()
+    log.enqueue("t1")
+    log.claim("t1", "a", 1)
+    log.claim("t1", "b", 1)
+    text = check_events(log.rows, require_drained=False).summary()
+    assert "VIOLATED" in text and "fencing_monotonic=1" in text and "single_holder=1" in text
+    assert "[single_holder] task 't1' event 3:" in text
+
+
+def test_a_real_store_history_passes(store: LeaseStore) -> None:
+    """Every path the store has (takeover, recovery, retries, dead letters, requeue) replays cleanly."""
+    store.enqueue("q", task_id="done")
+    store.enqueue("q", task_id="retried", max_attempts=3)
+    store.enqueue("q", task_id="dead", max_attempts=1)
+    store.enqueue("q", task_id="taken")
+    lease = store.claim_task(task_id="done", owner="a").lease
+    store.heartbeat(lease, checkpoint={"step": 1})
+    store.release_task(lease, "done")
+    store.release_task(store.claim_task(task_id="retried", owner="a").lease, "failed", "x")
+    store.release_task(store.claim_task(task_id="dead", owner="a").lease, "failed", "x")
+    store.claim_task(task_id="taken", owner="a", ttl=1)
+    store.claim_task(task_id="retried", owner="b", ttl=1)
+    store.clock.offset += 2
+    assert store.claim_task(task_id="taken", owner="b").lease.took_over
+    assert store.recover_stale().recovered == 1
+    assert not check_history(store, require_drained=True).ok  # two still open
+    store.release_task(store.claim_task(task_id="taken", owner="b").lease, "done")
+    store.release_task(store.claim_task(task_id="retried", owner="c").lease, "done")
+    store.requeue_dead_letter(store.list_dead_letters()[0].id)
+    store.release_task(store.claim_task(task_id="dead", owner="d").lease, "done")
+    report = check_history(store)
+    assert report.ok, report.summary()
+    assert (report.tasks, report.terminal, report.unfinished) == (4, {"done": 4, "dead": 0}, [])
+
+
+def test_check_history_reads_in_pages(store: LeaseStore) -> None:
+    from leasestore.history import read_snapshot
+
+    store.enqueue_many("q", [None] * 7, task_ids=[f"t{i}" for i in range(7)])
+    events, final = read_snapshot(store, page_size=3)
+    assert [e["id"] for e in events] == sorted(e["id"] for e in events) and len(events) == 7
+    assert sorted(final) == [f"t{i}" for i in range(7)] and set(final.values()) == {"pending"}
