@@ -374,43 +374,58 @@ def demo(
 
 
 def _phase3_common(workers: int, tasks: int, iterations: int, fail_rate: float, ttl: float,
-                   report_dir: str, db: str | None) -> dict[str, Any]:
+                   report_dir: str, max_seconds: float, db: str | None) -> dict[str, Any]:
     return {"workers": workers, "tasks": tasks, "iterations": iterations, "fail_rate": fail_rate,
-            "ttl": ttl, "report_dir": report_dir, "db_url": db or state.db}
+            "ttl": ttl, "report_dir": report_dir, "max_seconds": max_seconds, "db_url": db or state.db,
+            "console": out}
+
+
+WorkersOption = Annotated[int, typer.Option(help="Agent processes (one locust user each).")]
+TasksOption = Annotated[int, typer.Option(help="Tasks enqueued for the run.")]
+IterationsOption = Annotated[int, typer.Option(help="Claim attempts per agent.")]
+TtlOption = Annotated[float, typer.Option(help="Lease TTL, seconds.")]
+MaxSecondsOption = Annotated[float, typer.Option("--max-seconds", "--maxSeconds", help="Locust's --run-time bound, seconds.")]
+Phase3DbOption = Annotated[Optional[str], typer.Option("--db", help="SQLite path or SQLAlchemy URL (default: a fresh SQLite file in the report folder).")]
 
 
 @phase3_app.command("concurrency")
 def phase3_concurrency(
-    workers: int = 4,
-    tasks: int = 200,
-    iterations: int = 25,
+    workers: WorkersOption = 4,
+    tasks: TasksOption = 200,
+    iterations: IterationsOption = 25,
     fail_rate: Annotated[float, typer.Option("--fail-rate", "--failRate", help="Probability an agent fails its task.")] = 0.1,
-    ttl: Annotated[float, typer.Option(help="Lease TTL, seconds.")] = 5.0,
+    ttl: TtlOption = 5.0,
+    scenario: Annotated[str, typer.Option(help="drain (one queue), hot (a few hot task ids) or stall (agents stop heartbeating).")] = "drain",
     report_dir: Annotated[str, typer.Option("--report-dir", "--reportDir", help="Where locust's CSV/HTML go.")] = "out/phase3-concurrency",
-    db: DbOption = None,
+    max_seconds: MaxSecondsOption = 300.0,
+    db: Phase3DbOption = None,
 ) -> None:
     """Many agents drain one queue; reports contention, latency, metrics and invariants."""
     from loadtest import phase3
 
-    result = phase3.run_concurrency(**_phase3_common(workers, tasks, iterations, fail_rate, ttl, report_dir, db))
+    result = phase3.run_concurrency(scenario=scenario, **_phase3_common(
+        workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db))
     raise typer.Exit(0 if result.ok else 1)
 
 
 @phase3_app.command("regression")
 def phase3_regression(
-    rounds: int = 3,
-    workers: int = 3,
-    tasks: int = 120,
-    iterations: int = 60,
+    rounds: Annotated[int, typer.Option(help="Runs to compare.")] = 3,
+    workers: WorkersOption = 3,
+    tasks: TasksOption = 120,
+    iterations: IterationsOption = 60,
     fail_rate: Annotated[float, typer.Option("--fail-rate", "--failRate", help="Probability an agent fails its task.")] = 0.08,
-    ttl: Annotated[float, typer.Option(help="Lease TTL, seconds.")] = 5.0,
+    ttl: TtlOption = 5.0,
+    tolerance: Annotated[float, typer.Option(help="A round fails when its throughput or claim/release p95 is more than (1 + tolerance) times worse than round 1's.")] = 1.0,
     report_dir: Annotated[str, typer.Option("--report-dir", "--reportDir", help="Where locust's CSV/HTML go.")] = "out/phase3-regression",
-    db: DbOption = None,
+    max_seconds: MaxSecondsOption = 300.0,
+    db: Phase3DbOption = None,
 ) -> None:
     """Repeated rounds; fails when throughput or p95 latency worsens beyond tolerance."""
     from loadtest import phase3
 
-    result = phase3.run_regression(rounds=rounds, **_phase3_common(workers, tasks, iterations, fail_rate, ttl, report_dir, db))
+    result = phase3.run_regression(rounds=rounds, tolerance=tolerance, **_phase3_common(
+        workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db))
     raise typer.Exit(0 if result.ok else 1)
 
 
