@@ -19,7 +19,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/cycle_bench.py
+	$(BIN)/python benchmarks/store_vs_raw.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

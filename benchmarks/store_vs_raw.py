@@ -6,9 +6,10 @@ lock_events row per transaction), so the ratio is the library's own cost.
 The raw SQLite side uses the plain sqlite3 busy handler; the raw PostgreSQL
 side uses the same one-statement CTEs the library sends.
 
-    .venv/bin/python benchmarks/store_vs_raw.py                  # both backends
-    .venv/bin/python benchmarks/store_vs_raw.py --backend sqlite --seconds 3
-    .venv/bin/python benchmarks/store_vs_raw.py --latency        # claim latency at 1k vs 1M pending
+    .venv/bin/python benchmarks/store_vs_raw.py                  # both backends, 1/2/4/8 processes
+    .venv/bin/python benchmarks/store_vs_raw.py --backend sqlite --seconds 3 --workers 1,4
+    .venv/bin/python benchmarks/store_vs_raw.py --latency        # claim latency at 1k / 100k / 1M pending
+    .venv/bin/python benchmarks/store_vs_raw.py --latency --backend postgresql --sizes 1000,100000
 """
 
 from __future__ import annotations
@@ -136,8 +137,11 @@ def seed(url: str, tasks: int) -> None:
     else:
         dsn = store.url.set(drivername="postgresql").render_as_string(hide_password=False)
         with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-            cur.executemany(sql.format(p="%s", p2="%s").replace("{p2}", "%s"),
-                            [(r[0], r[1], r[2], r[3], r[3]) for r in rows])
+            # COPY: a million rows load in seconds, not minutes.
+            with cur.copy("COPY tasks (id, queue, status, attempts, max_attempts, fencing_token, "
+                          "available_at, created_at, updated_at) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row((r[0], r[1], "pending", 0, 3, 0, r[2], r[3], r[3]))
             conn.commit()
             cur.execute("ANALYZE tasks")
             conn.commit()
@@ -180,14 +184,13 @@ class Target:
                     conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
-def throughput(backends: list[str], seconds: float, repeats: int) -> None:
-    plan = {"sqlite": [1, 4], "postgresql": [1, 4, 8]}
+def throughput(backends: list[str], seconds: float, repeats: int, workers: list[int]) -> None:
     print(f"{'backend':<11}{'procs':>6}{'library/s':>11}{'raw/s':>9}{'ratio':>7}{'fair lib':>9}{'fair raw':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for backend in backends:
             target = Target(backend, Path(tmp))
             raw_kind = "raw-sqlite" if backend == "sqlite" else "raw-pg"
-            for procs in plan[backend]:
+            for procs in workers:
                 lib_runs, raw_runs = [], []
                 for _ in range(repeats):  # alternate so drift hits both sides alike
                     for kind, runs in (("library", lib_runs), (raw_kind, raw_runs)):
@@ -203,24 +206,44 @@ def throughput(backends: list[str], seconds: float, repeats: int) -> None:
             target.drop_all()
 
 
-def latency(sizes: list[int], claims: int = 300) -> None:
-    print(f"{'pending':>10}{'claim p50 ms':>14}{'claim p95 ms':>14}")
-    base = None
+def latency(backends: list[str], sizes: list[int], claims: int = 300) -> None:
+    print(f"{'backend':<11}{'pending':>10}{'claim p50 ms':>14}{'claim p95 ms':>14}")
     with tempfile.TemporaryDirectory() as tmp:
-        for size in sizes:
-            url = str(Path(tmp) / f"lat{size}.db")
-            seed(url, size)
-            store = LeaseStore(url, init=False)
-            samples = []
-            for i in range(claims):
-                t0 = time.perf_counter()
-                store.claim_task(QUEUE, "lat", ttl=30, additional=True)
-                samples.append((time.perf_counter() - t0) * 1000)
-            store.close()
-            p50 = statistics.median(samples)
-            p95 = statistics.quantiles(samples, n=20)[18]
-            base = base or p50
-            print(f"{size:>10}{p50:>14.3f}{p95:>14.3f}   x{p50 / base:.2f} of the smallest", flush=True)
+        for backend in backends:
+            target = Target(backend, Path(tmp))
+            try:
+                _latency_rows(backend, target, sizes, claims)
+            finally:
+                target.drop_all()
+
+
+def _latency_rows(backend: str, target: Target, sizes: list[int], claims: int) -> None:
+    base = None
+    for size in sizes:
+        url = target.fresh()
+        seed(url, size)
+        store = LeaseStore(url, init=False)
+        samples = []
+        for i in range(claims):
+            t0 = time.perf_counter()
+            store.claim_task(QUEUE, "lat", ttl=30, additional=True)
+            samples.append((time.perf_counter() - t0) * 1000)
+        store.close()
+        p50 = statistics.median(samples)
+        p95 = statistics.quantiles(samples, n=20)[18]
+        base = base or p50
+        print(f"{backend:<11}{size:>10}{p50:>14.3f}{p95:>14.3f}   x{p50 / base:.2f} of the smallest",
+              flush=True)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("expected positive integers")
+    return values
 
 
 def main() -> int:
@@ -228,13 +251,17 @@ def main() -> int:
     parser.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell; the median is printed")
-    parser.add_argument("--latency", action="store_true", help="claim latency at 1k / 100k / 1M pending (SQLite)")
+    parser.add_argument("--workers", type=_int_list, default=[1, 2, 4, 8],
+                        help="comma-separated process counts (default 1,2,4,8)")
+    parser.add_argument("--latency", action="store_true", help="claim latency by number of pending tasks")
+    parser.add_argument("--sizes", type=_int_list, default=[1_000, 100_000, 1_000_000],
+                        help="pending tasks for --latency (default 1000,100000,1000000)")
     args = parser.parse_args()
-    if args.latency:
-        latency([1_000, 100_000, 1_000_000])
-        return 0
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
-    throughput(backends, args.seconds, args.repeats)
+    if args.latency:
+        latency(backends, args.sizes)
+        return 0
+    throughput(backends, args.seconds, args.repeats, args.workers)
     return 0
 
 
