@@ -60,6 +60,8 @@ def _parse_json(text: str | None, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise errors.InvalidArgument(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise errors.InvalidArgument(f"{what} is nested too deeply") from None
 
 
 def _emit_json(value: Any) -> None:
@@ -345,17 +347,23 @@ def exporter(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="Port to listen on.")] = None,
     window: Annotated[float, typer.Option(help="Metrics window, minutes.")] = DEFAULT_WINDOW_MINUTES,
-    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback bind without TLS or auth.")] = False,
+    tls_cert: Annotated[Optional[str], typer.Option(help="PEM certificate: serve HTTPS.")] = None,
+    tls_key: Annotated[Optional[str], typer.Option(help="PEM private key of --tls-cert.")] = None,
+    basic_auth_user: Annotated[Optional[str], typer.Option(
+        help="Require this user; password from $LEASESTORE_EXPORTER_PASSWORD or --basic-auth-password-file.")] = None,
+    basic_auth_password_file: Annotated[Optional[str], typer.Option(help="File holding the password.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Allow a non-loopback bind without TLS and auth.")] = False,
     db: DbOption = None,
 ) -> None:
     """Serve the metrics for Prometheus (reads the database at scrape time)."""
     from exporter import server
 
     argv = ["--host", host, "--window", str(window)]
-    if port is not None:
-        argv += ["--port", str(port)]
-    if db or state.db:
-        argv += ["--db", db or state.db or ""]
+    options = {"--port": port, "--db": db or state.db, "--tls-cert": tls_cert, "--tls-key": tls_key,
+               "--basic-auth-user": basic_auth_user, "--basic-auth-password-file": basic_auth_password_file}
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
     if insecure:
         argv.append("--insecure")
     raise typer.Exit(server.main(argv) or 0)

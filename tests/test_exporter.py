@@ -1,0 +1,116 @@
+"""The exporter's collector and HTTP endpoint, against real databases."""
+
+from __future__ import annotations
+
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.collector import StoreCollector
+from exporter.server import Exporter, main
+from leasestore import LeaseStore
+from leasestore.errors import ConfigurationError
+from leasestore.metrics import METRICS, compute_metrics
+from tests.conftest import require_binary
+from tests.scenarios import EXPECTED, breach_some_thresholds
+
+
+def scrape(collector: StoreCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def test_gauges_equal_the_cli_metrics(db_url: str) -> None:
+    """One definition: the exporter's seven gauges equal compute_metrics for the same window."""
+    breach_some_thresholds(db_url)
+    collector = StoreCollector(db_url, window_minutes=60)
+    registry = scrape(collector)
+    store = LeaseStore(db_url, init=False)
+    report = compute_metrics(store, 60)
+    for metric in METRICS:
+        value = registry.get_sample_value(metric.gauge)
+        assert value == report[metric.key].value == EXPECTED[metric.gauge], metric.gauge
+        assert registry.get_sample_value(metric.threshold_gauge) == report[metric.key].threshold
+    assert registry.get_sample_value("leasestore_up") == 1
+    assert registry.get_sample_value("leasestore_tasks", {"queue": "mail", "status": "dead"}) == 2
+    assert registry.get_sample_value("leasestore_tasks", {"queue": "mail", "status": "leased"}) == 0
+    assert registry.get_sample_value("leasestore_active_leases", {"queue": "crawl"}) == 1
+    assert registry.get_sample_value("leasestore_oldest_lease_age_seconds", {"queue": "crawl"}) > 0
+    assert registry.get_sample_value("leasestore_events_total", {"kind": "dead_lettered"}) == 2
+    assert registry.get_sample_value("leasestore_stale_recoveries_total") == 1
+    # counters only grow, and count new rows on the next scrape
+    task = store.enqueue("mail").task_id
+    store.release_task(store.claim_task(task_id=task, owner="a").lease, "done")
+    assert registry.get_sample_value("leasestore_events_total", {"kind": "released"}) == 1
+    assert registry.get_sample_value("leasestore_events_total", {"kind": "enqueued"}) == 6
+    store.close()
+    collector.close()
+
+
+def test_thresholds_follow_the_environment(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """METRICS_THRESHOLD_* (alias included) become the *_threshold gauges the alert rules compare against."""
+    breach_some_thresholds(sqlite_url)
+    monkeypatch.setenv("METRICS_THRESHOLD_DEAD_LETTERS_OPEN", "7")
+    monkeypatch.setenv("METRICS_THRESHOLD_STALE_RECOVERY_FAILURE_RATE", "0.5")
+    registry = scrape(StoreCollector(sqlite_url))
+    assert registry.get_sample_value("leasestore_dead_letters_open_threshold") == 7
+    assert registry.get_sample_value("leasestore_stale_recovery_failure_ratio_threshold") == 0.5
+
+
+def test_queue_labels_are_bounded(sqlite_url: str) -> None:
+    """Hundreds of queues and unique owners never become hundreds of label values."""
+    store = LeaseStore(sqlite_url)
+    for i in range(80):
+        tid = store.enqueue(f"queue-{i:03d}").task_id
+        store.claim_task(task_id=tid, owner=f"owner-{i}")
+    registry = scrape(StoreCollector(sqlite_url))
+    queues = {s.labels["queue"] for f in registry.collect() if f.name == "leasestore_tasks" for s in f.samples}
+    assert len(queues) == 51 and "other" in queues
+    assert registry.get_sample_value("leasestore_active_leases", {"queue": "other"}) == 30
+    text = "".join(str(s) for f in registry.collect() for s in f.samples)
+    assert "owner-" not in text
+    store.close()
+
+
+def test_scrape_survives_a_missing_database(tmp_path) -> None:
+    """A store that cannot be read answers with up=0 and a rising error counter."""
+    collector = StoreCollector(str(tmp_path / "nothing-here.db"))
+    registry = scrape(collector)
+    assert registry.get_sample_value("leasestore_up") == 0
+    assert registry.get_sample_value("leasestore_scrape_errors_total") == 2  # get_sample_value scrapes twice
+    assert registry.get_sample_value("leasestore_dead_letters_open_threshold") == 2
+    assert not (tmp_path / "nothing-here.db").exists()
+
+
+def test_http_endpoints_and_promtool_lint(sqlite_url: str) -> None:
+    """Landing page links /metrics; the exposition passes `promtool check metrics`."""
+    promtool = require_binary("promtool")
+    breach_some_thresholds(sqlite_url)
+    exporter = Exporter(sqlite_url, port=0).start()
+    base = f"http://127.0.0.1:{exporter.port}"
+    try:
+        landing = urllib.request.urlopen(base + "/").read().decode()
+        assert 'href="/metrics"' in landing
+        text = urllib.request.urlopen(base + "/metrics").read().decode()
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(base + "/nope")
+    finally:
+        exporter.stop()
+    names = {f.name for f in text_string_to_metric_families(text)}
+    assert {m.gauge for m in METRICS} <= names and "process_cpu_seconds" in names
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_refuses_public_bind_without_insecure(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """/metrics is not served on a non-loopback address unless asked for explicitly."""
+    with pytest.raises(ConfigurationError):
+        Exporter(sqlite_url, host="0.0.0.0", port=0)
+    assert main(["--db", sqlite_url, "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "refusing" in capsys.readouterr().err
+    Exporter(sqlite_url, host="0.0.0.0", port=0, insecure=True).stop()
