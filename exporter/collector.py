@@ -13,12 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from enum import StrEnum
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from leasestore import LeaseStore
+from leasestore import EventKind, LeaseStore, LockOutcome
 from leasestore.metrics import (
     METRICS,
     AppendOnlyCounter,
@@ -101,12 +102,14 @@ class StoreCollector(Collector):
                                  "Stale-lease recoveries that failed.", locks.get("recover_failed", 0)))
         kinds = CounterMetricFamily("leasestore_events", "Audit-log rows by kind (state changes).",
                                     labels=["kind"])
-        for kind, count in sorted(events.items()):
+        # Every known label from the first scrape: rate() over a series that
+        # appears only at its first event would miss that event.
+        for kind, count in sorted(_with_zeros(events, EventKind).items()):
             kinds.add_metric([kind], count)
         families.append(kinds)
         outcomes = CounterMetricFamily("leasestore_lock_events", "Lock outcomes by kind, conflicts included.",
                                        labels=["outcome"])
-        for outcome, count in sorted(locks.items()):
+        for outcome, count in sorted(_with_zeros(locks, LockOutcome).items()):
             outcomes.add_metric([outcome], count)
         families.append(outcomes)
 
@@ -132,6 +135,10 @@ class StoreCollector(Collector):
         for m in METRICS:
             yield _gauge(m.threshold_gauge, f"Alert threshold of {m.gauge} (METRICS_THRESHOLD_{m.threshold_env[0]}).",
                          self._thresholds[m.key])
+
+
+def _with_zeros(counts: Mapping[str, int], known: type[StrEnum]) -> dict[str, int]:
+    return {**{member.value: 0 for member in known}, **counts}
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
