@@ -13,6 +13,7 @@ every process on the host shares (WAL does not work across hosts anyway).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sqlite3
@@ -70,9 +71,23 @@ class WriteGate:
         # A descriptor inherited across fork() would share the lock with the
         # parent; each process opens its own.
         if self._fd is None or self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = self._open()
             self._pid = os.getpid()
         return self._fd
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise errors.StoreUnavailable(f"cannot open the write lock {self.path}: {exc.strerror}") from exc
+        # flock needs no write access: a store we may not write still reaches
+        # SQLite, which then says it is read-only.
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            raise errors.StoreReadOnly(f"database is read-only: cannot open the write lock {self.path}: "
+                                       f"{exc.strerror}") from exc
 
     @contextmanager
     def hold(self) -> Iterator[None]:

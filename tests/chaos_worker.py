@@ -1,0 +1,136 @@
+"""A real agent process for the fault tests: claims, works with heartbeats, releases.
+
+``drain`` works a queue until nothing is pending or leased, surviving every
+typed store error, and writes its counts as JSON on exit. ``stale`` claims one
+task, heartbeats until refused (the test pauses it past its TTL meanwhile),
+then tries a checkpoint and a release and reports what the store said.
+Every exception is recorded by type; the tests decide which are allowed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+import traceback
+from collections import Counter
+from typing import Any
+
+from leasestore import NO_BACKOFF, LeaseLost, LeaseStore, LeaseStoreError, StoreUnavailable
+from leasestore.types import ClaimStatus
+
+
+def _open(args: argparse.Namespace) -> LeaseStore:
+    return LeaseStore(args.db, init=False, busy_timeout=args.busy_timeout,
+                      retry_policy=NO_BACKOFF, fair_writes=not args.unfair)
+
+
+def _queue_open(store: LeaseStore, queue: str) -> bool:
+    counts = store.status_summary()["counts"]
+    return any(c["queue"] == queue and c["status"] in ("pending", "leased") for c in counts)
+
+
+def drain(args: argparse.Namespace) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    stats: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    deadline = time.monotonic() + args.deadline
+    store = _open(args)
+    beat = args.ttl / 3
+    while time.monotonic() < deadline:
+        try:
+            claim = store.claim_task(args.queue, args.owner, ttl=args.ttl)
+            if claim.lease is None:
+                if claim.status is ClaimStatus.NO_TASK and not _queue_open(store, args.queue):
+                    break
+                time.sleep(0.02)
+                continue
+            stats["claims"] += 1
+            stats["takeovers"] += claim.lease.took_over
+            lease, left, step = claim.lease, rng.uniform(args.work_min, args.work_max), 0
+            while left > 0:
+                nap = min(left, beat)
+                time.sleep(nap)
+                left -= nap
+                if left > 0:
+                    step += 1
+                    store.heartbeat(lease, checkpoint={"step": step, "by": args.owner})
+                    stats["heartbeats"] += 1
+            if rng.random() < args.fail_rate:
+                store.release_task(lease, "failed", "injected failure")
+                stats["failed"] += 1
+            else:
+                store.release_task(lease, "done")
+                stats["done"] += 1
+        except LeaseLost as exc:
+            errors[f"LeaseLost:{exc.reason}"] += 1
+        except StoreUnavailable as exc:
+            errors[type(exc).__name__] += 1
+            time.sleep(0.02)
+        except LeaseStoreError as exc:
+            errors[type(exc).__name__] += 1
+        except Exception as exc:  # recorded, so the test can fail on anything untyped
+            errors[f"untyped:{type(exc).__module__}.{type(exc).__name__}"] += 1
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
+            time.sleep(0.02)
+    store.close()
+    return {"owner": args.owner, **stats, "errors": dict(errors)}
+
+
+def stale(args: argparse.Namespace) -> dict[str, Any]:
+    """Hold a lease, announce each heartbeat, and act late once refused."""
+    store = _open(args)
+    lease = store.claim_task(args.queue, args.owner, ttl=args.ttl).lease
+    assert lease is not None
+    print(json.dumps({"claimed": lease.task_id, "fence": lease.fencing_token}), flush=True)
+    outcomes: dict[str, str] = {}
+    while True:
+        time.sleep(args.ttl / 3)
+        try:
+            store.heartbeat(lease)
+        except LeaseLost as exc:
+            outcomes["heartbeat"] = f"{type(exc).__name__}:{exc.reason}"
+            break
+        # The test pauses this process right after this line, between transactions.
+        print(json.dumps({"beat": time.time()}), flush=True)
+    for name, call in (("checkpoint", lambda: store.heartbeat(lease, checkpoint={"late": True})),
+                       ("release", lambda: store.release_task(lease, "done"))):
+        try:
+            call()
+            outcomes[name] = "accepted"
+        except LeaseLost as exc:
+            outcomes[name] = f"{type(exc).__name__}:{exc.reason}"
+    store.close()
+    return {"owner": args.owner, "fence": lease.fencing_token, "outcomes": outcomes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["drain", "stale"])
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--queue", default="chaos")
+    parser.add_argument("--owner", required=True)
+    parser.add_argument("--ttl", type=float, default=1.0)
+    parser.add_argument("--work-min", type=float, default=0.02)
+    parser.add_argument("--work-max", type=float, default=0.1)
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--busy-timeout", type=float, default=5.0)
+    parser.add_argument("--unfair", action="store_true", help="no write gate: SQLite's own busy handler")
+    parser.add_argument("--deadline", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stats", help="write the result JSON here")
+    args = parser.parse_args()
+    result = drain(args) if args.mode == "drain" else stale(args)
+    text = json.dumps(result)
+    if args.stats:
+        with open(args.stats, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
