@@ -75,6 +75,8 @@ def to_json(value: Any, what: str) -> str | None:
         text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise InvalidArgument(f"{what} is nested too deeply") from None
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError:
