@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
@@ -11,11 +13,12 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import StoreCollector
-from exporter.server import Exporter, main
+from exporter.server import BasicAuth, Exporter, TLSFiles, main
 from leasestore import LeaseStore
 from leasestore.errors import ConfigurationError
 from leasestore.metrics import METRICS, compute_metrics
 from tests.conftest import require_binary
+from tests.prometheus import self_signed_cert
 from tests.scenarios import EXPECTED, breach_some_thresholds
 
 
@@ -114,3 +117,50 @@ def test_refuses_public_bind_without_insecure(sqlite_url: str, capsys: pytest.Ca
     assert main(["--db", sqlite_url, "--host", "0.0.0.0", "--port", "0"]) == 2
     assert "refusing" in capsys.readouterr().err
     Exporter(sqlite_url, host="0.0.0.0", port=0, insecure=True).stop()
+
+
+def test_tls_and_basic_auth(sqlite_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """With TLS and basic auth a non-loopback bind is allowed; every path needs the password."""
+    require_binary("openssl")
+    breach_some_thresholds(sqlite_url)
+    cert, key = self_signed_cert(tmp_path)
+    exporter = Exporter(sqlite_url, host="0.0.0.0", port=0, tls=TLSFiles(str(cert), str(key)),
+                        auth=BasicAuth.of("prometheus", "s3cret")).start()
+    context = ssl.create_default_context(cafile=str(cert))
+    url = f"https://127.0.0.1:{exporter.port}/metrics"
+
+    def get(user: str | None, password: str = "") -> int:
+        request = urllib.request.Request(url)
+        if user is not None:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as resp:
+                assert b"leasestore_dead_letters_open 2.0" in resp.read()
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            assert exc.headers["WWW-Authenticate"] == 'Basic realm="leasestore"'
+            return exc.code
+
+    try:
+        assert get("prometheus", "s3cret") == 200
+        assert get(None) == 401
+        assert get("prometheus", "wrong") == 401
+        assert get("someone", "s3cret") == 401
+        with pytest.raises(OSError):  # plain HTTP on the TLS port gets no answer
+            urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5)
+        assert get("prometheus", "s3cret") == 200  # a bad client did not break the server
+    finally:
+        exporter.stop()
+
+    # TLS alone, or auth alone, is not enough off loopback.
+    with pytest.raises(ConfigurationError, match="without TLS and basic auth"):
+        Exporter(sqlite_url, host="0.0.0.0", port=0, tls=TLSFiles(str(cert), str(key)))
+    # The CLI: the password comes from the environment or a file, never a flag.
+    monkeypatch.delenv("LEASESTORE_EXPORTER_PASSWORD", raising=False)
+    assert main(["--db", sqlite_url, "--port", "0", "--basic-auth-user", "prometheus"]) == 2
+    assert main(["--db", sqlite_url, "--port", "0", "--tls-cert", str(cert)]) == 2
+    assert main(["--db", sqlite_url, "--port", "0", "--tls-cert", str(key), "--tls-key", str(cert)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
+    assert "LEASESTORE_EXPORTER_PASSWORD" in lines[0] and "go together" in lines[1] and "TLS" in lines[2]
