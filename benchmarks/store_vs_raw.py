@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -114,11 +115,14 @@ def library_worker(url: str, owner: str, until: float) -> int:
     return cycles
 
 
-def _run_worker(kind: str, url: str, owner: str, start: float, seconds: float, results: mp.Queue) -> None:
-    while time.time() < start:
-        time.sleep(0.001)
+def _run_worker(kind: str, url: str, owner: str, seconds: float, ready: mp.Queue, go: Any,
+                results: mp.Queue) -> None:
     target = {"library": library_worker, "raw-sqlite": raw_sqlite_worker, "raw-pg": raw_pg_worker}[kind]
-    results.put(target(url, owner, start + seconds))
+    # Start together only once every process has imported everything: on a
+    # loaded machine spawning 8 interpreters can take longer than the run.
+    ready.put(owner)
+    go.wait()
+    results.put(target(url, owner, time.time() + seconds))
 
 
 def seed(url: str, tasks: int) -> None:
@@ -151,12 +155,16 @@ def seed(url: str, tasks: int) -> None:
 def measure(kind: str, url: str, processes: int, seconds: float) -> tuple[float, float]:
     """(cycles/s, slowest/fastest worker ratio)."""
     ctx = mp.get_context("spawn")
+    ready: mp.Queue = ctx.Queue()
     results: mp.Queue = ctx.Queue()
-    start = time.time() + 1.5  # let every process import and connect first
-    procs = [ctx.Process(target=_run_worker, args=(kind, url, f"w{i}", start, seconds, results))
+    go = ctx.Event()
+    procs = [ctx.Process(target=_run_worker, args=(kind, url, f"w{i}", seconds, ready, go, results))
              for i in range(processes)]
     for p in procs:
         p.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    go.set()
     counts = [results.get(timeout=seconds + 120) for _ in procs]
     for p in procs:
         p.join()
@@ -201,7 +209,8 @@ def throughput(backends: list[str], seconds: float, repeats: int, workers: list[
                 raw = statistics.median(r[0] for r in raw_runs)
                 lib_fair = min(r[1] for r in lib_runs)
                 raw_fair = min(r[1] for r in raw_runs)
-                print(f"{backend:<11}{procs:>6}{lib:>11.0f}{raw:>9.0f}{lib / raw:>7.2f}{lib_fair:>9.2f}{raw_fair:>9.2f}",
+                ratio = lib / raw if raw else float("nan")
+                print(f"{backend:<11}{procs:>6}{lib:>11.0f}{raw:>9.0f}{ratio:>7.2f}{lib_fair:>9.2f}{raw_fair:>9.2f}",
                       flush=True)
             target.drop_all()
 
