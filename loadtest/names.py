@@ -1,4 +1,4 @@
-"""Request names the agents report to locust, shared by the users and the report.
+"""What the agents and the runner share: request names, scenarios, retry policy.
 
 Each store call is one locust request. ``request_type`` is the operation and
 ``name`` the operation with its outcome, so contention shows in locust's own
@@ -6,6 +6,12 @@ tables without "busy" or "noTask" counting as failures.
 """
 
 from __future__ import annotations
+
+from leasestore import RetryPolicy
+
+# Failed tasks come back quickly, so retries happen inside a short run (the
+# agents and the runner's drain use the same policy).
+LOAD_RETRY_POLICY = RetryPolicy(base=0.05, cap=1.0)
 
 CLAIM = "claim"  # a new lease on a pending task
 CLAIM_TAKEOVER = "claim:takeover"  # an expired lease taken over (lockExpired)

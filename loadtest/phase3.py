@@ -27,15 +27,16 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leasestore import LeaseStore, RetryPolicy, errors
+from leasestore import LeaseStore, errors
 from leasestore.history import HistoryReport, check_events
 from leasestore.metrics import MetricsReport, compute_metrics
 
@@ -60,9 +61,6 @@ MAX_WORKERS = 64
 # Simulated work (ms) before each heartbeat and the release. Hot-id agents
 # must hold their leases a while, or no claim ever meets a held task.
 SCENARIO_WORK_MS = {"drain": 0.0, "hot": 5.0, "stall": 0.0}
-# Same backoff the agents use (loadtest.users.LOAD_RETRY_POLICY), so retries
-# come back inside the run; repeated here to keep locust out of this process.
-LOAD_RETRY_BASE, LOAD_RETRY_CAP = 0.05, 1.0
 
 BeforeVerdict = Callable[[LeaseStore, str], None]
 
@@ -247,7 +245,7 @@ def run_scenario(config: RunConfig, console: Console, *, exclusive: bool | None 
     exclusive = config.db_url is None if exclusive is None else exclusive
     run_id = uuid.uuid4().hex[:8]
     queue, prefix = f"phase3-{config.scenario}-{run_id}", f"p3-{run_id}"
-    with LeaseStore(url, retry_policy=_retry_policy()) as store:
+    with LeaseStore(url, retry_policy=names.LOAD_RETRY_POLICY) as store:
         _enqueue(store, queue, prefix, config.tasks)
         started_at = store.now()
         problems = _run_locust(config, store, url, queue, prefix, console)
@@ -269,10 +267,6 @@ def run_scenario(config: RunConfig, console: Console, *, exclusive: bool | None 
     (config.report_dir / "summary.json").write_text(json.dumps(result.as_dict(), indent=2, default=str))
     print_summary(console, result)
     return result
-
-
-def _retry_policy() -> RetryPolicy:
-    return RetryPolicy(base=LOAD_RETRY_BASE, cap=LOAD_RETRY_CAP)
 
 
 def _remove_sqlite_files(path: Path) -> None:

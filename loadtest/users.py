@@ -21,15 +21,13 @@ from typing import Any, TypeVar
 import gevent
 from locust import User, constant, task
 
-from leasestore import LeaseLost, LeaseStore, LeaseStoreError, RetryPolicy
+from leasestore import LeaseStore, LeaseStoreError
 from leasestore.types import ClaimResult, ClaimStatus, Lease, RecoveryReport
 
 from . import names
 
 T = TypeVar("T")
 
-# Failed tasks come back quickly, so retries happen inside a short run.
-LOAD_RETRY_POLICY = RetryPolicy(base=0.05, cap=1.0)
 # An agent that found nothing waits this long before asking again.
 NO_TASK_PAUSE = 0.01
 # How often a stalling agent's iteration also sweeps for expired leases.
@@ -110,7 +108,7 @@ class AgentUser(User):
         # The engine is made here, after locust forked this worker process.
         self.options = self.environment.parsed_options
         self.client = StoreClient(
-            LeaseStore(self.options.store_url, init=False, retry_policy=LOAD_RETRY_POLICY,
+            LeaseStore(self.options.store_url, init=False, retry_policy=names.LOAD_RETRY_POLICY,
                        default_ttl=self.options.lease_ttl),
             self.environment.events.request.fire)
         self.rng = random.Random(f"{self.options.seed}-{os.getpid()}")
