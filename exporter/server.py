@@ -178,6 +178,7 @@ class Exporter:
                 "pass --tls-cert/--tls-key and --basic-auth-user, or --insecure")
         tls_context = tls.context() if tls is not None else None
         self.collector = StoreCollector(db, window_minutes)
+        self.collector.prime()
         self.registry = build_registry(self.collector)
         app = make_app(self.registry)
         if auth is not None:

@@ -198,7 +198,6 @@ MAX_QUEUE_LABELS = 50
 OTHER_QUEUES = "other"
 KNOWN_STATUSES = ("pending", "leased", "done", "dead")
 
-TASKS_BY_QUEUE_STATUS = "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status"
 LEASES_BY_QUEUE = (
     "SELECT queue, COUNT(*), MIN(leased_at) FROM tasks WHERE status = 'leased' GROUP BY queue"
 )
@@ -215,12 +214,31 @@ class QueueSnapshot:
     oldest_pending_age: float  # seconds a ready task has waited; 0 when none
 
 
-def queue_snapshot(cur: Any, dialect: Any, now: float, max_queues: int = MAX_QUEUE_LABELS) -> dict[str, QueueSnapshot]:
-    """Per-queue task counts and lease ages, the busiest ``max_queues`` queues by
-    name and the rest folded into ``other`` (labels must stay bounded)."""
+def tasks_by_queue_status(transitions: Mapping[tuple[str, ...], int]) -> dict[str, dict[str, int]]:
+    """Tasks per queue and status, from ``event_log`` totals by (queue, from_status, to_status).
+
+    Every state change writes one event naming both statuses (invariant 4), so a
+    status holds what entered it less what left it. Counting this way costs the
+    rows added since the last scrape, where ``GROUP BY`` over ``tasks`` would
+    cost every task ever enqueued.
+    """
     counts: dict[str, dict[str, int]] = {}
-    for queue, status, count in dialect.fetchall(cur, TASKS_BY_QUEUE_STATUS):
-        counts.setdefault(queue, {})[status] = int(count)
+    for (queue, from_status, to_status), n in transitions.items():
+        if from_status == to_status:
+            continue
+        per_queue = counts.setdefault(queue, {})
+        if to_status is not None:
+            per_queue[to_status] = per_queue.get(to_status, 0) + n
+        if from_status is not None:
+            per_queue[from_status] = per_queue.get(from_status, 0) - n
+    return counts
+
+
+def queue_snapshot(cur: Any, dialect: Any, now: float, counts: Mapping[str, Mapping[str, int]],
+                   max_queues: int = MAX_QUEUE_LABELS) -> dict[str, QueueSnapshot]:
+    """Per-queue task counts (``counts``, see :func:`tasks_by_queue_status`) and lease
+    ages, the busiest ``max_queues`` queues by name and the rest folded into
+    ``other`` (labels must stay bounded)."""
     leases = {q: (int(n), float(oldest)) for q, n, oldest in dialect.fetchall(cur, LEASES_BY_QUEUE)}
     pending = {q: float(oldest) for q, oldest in dialect.fetchall(cur, READY_PENDING_BY_QUEUE, {"now": now})}
     ranked = sorted(counts, key=lambda q: (-sum(counts[q].values()), q))
@@ -258,30 +276,40 @@ def queue_snapshot(cur: Any, dialect: Any, now: float, max_queues: int = MAX_QUE
 SETTLE_SECONDS = 30.0
 
 
-class AppendOnlyCounter:
-    """Totals by ``column`` over an append-only table, cheap at millions of rows."""
+# Which groupings may be counted: the SQL is built from these names.
+COUNTABLE = {
+    ("event_log", ("kind",)),
+    ("event_log", ("queue", "from_status", "to_status")),
+    ("lock_events", ("outcome",)),
+}
 
-    def __init__(self, table: str, column: str) -> None:
-        if table not in ("event_log", "lock_events") or column not in ("kind", "outcome"):
-            raise ValueError("unsupported table or column")
+
+class AppendOnlyCounter:
+    """Totals by ``columns`` over an append-only table, cheap at millions of rows."""
+
+    def __init__(self, table: str, columns: tuple[str, ...]) -> None:
+        if (table, columns) not in COUNTABLE:
+            raise ValueError(f"unsupported grouping {table}{columns}")
+        group = ", ".join(columns)
+        self._width = len(columns)
         self._first_unsettled_sql = f"SELECT MIN(id) FROM {table} WHERE id > :after AND ts > :cutoff"
-        self._count_sql = (f"SELECT {column}, COUNT(*), MAX(id) FROM {table} "
-                           f"WHERE id > :after AND id < :before GROUP BY {column}")
-        self._settled: dict[str, int] = {}
+        self._count_sql = (f"SELECT {group}, COUNT(*), MAX(id) FROM {table} "
+                           f"WHERE id > :after AND id < :before GROUP BY {group}")
+        self._settled: dict[tuple[Any, ...], int] = {}
         self._watermark = 0
 
-    def read(self, cur: Any, dialect: Any, now: float) -> dict[str, int]:
+    def read(self, cur: Any, dialect: Any, now: float) -> dict[tuple[Any, ...], int]:
         row = dialect.fetchone(cur, self._first_unsettled_sql,
                                {"after": self._watermark, "cutoff": now - SETTLE_SECONDS})
         unsettled_from = int(row[0]) if row and row[0] is not None else None
         settle_before = unsettled_from if unsettled_from is not None else 2**62
-        for key, count, max_id in dialect.fetchall(cur, self._count_sql,
-                                                   {"after": self._watermark, "before": settle_before}):
-            self._settled[key] = self._settled.get(key, 0) + int(count)
+        for *key, count, max_id in dialect.fetchall(cur, self._count_sql,
+                                                    {"after": self._watermark, "before": settle_before}):
+            self._settled[tuple(key)] = self._settled.get(tuple(key), 0) + int(count)
             self._watermark = max(self._watermark, int(max_id))
         totals = dict(self._settled)
         if unsettled_from is not None:
-            for key, count, _ in dialect.fetchall(cur, self._count_sql,
-                                                  {"after": unsettled_from - 1, "before": 2**62}):
-                totals[key] = totals.get(key, 0) + int(count)
+            for *key, count, _ in dialect.fetchall(cur, self._count_sql,
+                                                   {"after": unsettled_from - 1, "before": 2**62}):
+                totals[tuple(key)] = totals.get(tuple(key), 0) + int(count)
         return totals
