@@ -200,9 +200,13 @@ class LeaseStore:
                     raise
                 attempt += 1
 
-    def _read(self, body: Callable[[Any, float], T]) -> T:
-        with self._db.connection() as conn, self._d.read_transaction(conn) as cur:
-            return body(cur, self._d.now(cur))
+    def _read(self, body: Callable[[Any, float], T], *, retries: int = DISCONNECT_RETRIES) -> T:
+        """Run ``body(cursor, now)`` in one read transaction (repeatable, so retried like writes)."""
+        def transaction() -> T:
+            with self._db.connection() as conn, self._d.read_transaction(conn) as cur:
+                return body(cur, self._d.now(cur))
+
+        return self._retrying(transaction, retries)
 
     def now(self) -> float:
         """The database clock (epoch seconds) as the store sees it."""

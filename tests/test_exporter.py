@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import random
 import ssl
+import uuid
 import subprocess
 import urllib.error
 import urllib.request
 
+import psycopg
 import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,8 +20,8 @@ from exporter.server import BasicAuth, Exporter, TLSFiles, main
 from leasestore import NO_BACKOFF, LeaseStore
 from leasestore.errors import ConfigurationError
 from leasestore.metrics import METRICS, compute_metrics
-from tests.conftest import require_binary
-from tests.prometheus import self_signed_cert
+from tests.conftest import PG_DSN, require_binary
+from tests.prometheus import free_port, self_signed_cert
 from tests.scenarios import EXPECTED, breach_some_thresholds
 
 
@@ -205,3 +207,28 @@ def test_task_counts_from_the_log_equal_the_table(db_url: str) -> None:
     collector.close()
     past.close()
     now.close()
+
+
+def test_scrape_survives_server_loss(pg_url: str) -> None:
+    """Connections killed by the server are replaced; an unreachable server is up=0, not a failed scrape."""
+    breach_some_thresholds(pg_url)
+    name = "exporter-" + uuid.uuid4().hex[:8]
+    collector = StoreCollector(f"{pg_url}&application_name={name}")
+    registry = scrape(collector)
+    assert registry.get_sample_value("leasestore_up") == 1
+    with psycopg.connect(PG_DSN, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %s", (name,)).fetchone()
+    assert killed is not None and killed[0] >= 1
+    assert registry.get_sample_value("leasestore_up") == 1
+    assert registry.get_sample_value("leasestore_dead_letters_open") == 2
+    collector.close()
+
+    closed_port = free_port()  # nothing listens there
+    down = StoreCollector(f"postgresql+psycopg://postgres@127.0.0.1:{closed_port}/test?connect_timeout=2")
+    registry = scrape(down)
+    assert registry.get_sample_value("leasestore_up") == 0
+    assert registry.get_sample_value("leasestore_scrape_errors_total") == 2
+    assert registry.get_sample_value("leasestore_dead_letters_open_threshold") == 2
+    down.close()

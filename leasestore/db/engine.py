@@ -108,14 +108,16 @@ def open_database(
         url_options = url.query.get("options", "")
         if isinstance(url_options, tuple):
             url_options = " ".join(url_options)
+        connect_args: dict[str, Any] = {
+            "connect_timeout": DEFAULT_PG_CONNECT_TIMEOUT,
+            "options": f"{url_options} -c idle_in_transaction_session_timeout={idle_ms}".strip(),
+        }
+        if "application_name" not in url.query:  # an operator's name for these sessions wins
+            connect_args["application_name"] = "leasestore"
         engine = create_engine(
             url.difference_update_query(["options"]),
             isolation_level="AUTOCOMMIT",
-            connect_args={
-                "connect_timeout": DEFAULT_PG_CONNECT_TIMEOUT,
-                "options": f"{url_options} -c idle_in_transaction_session_timeout={idle_ms}".strip(),
-                "application_name": "leasestore",
-            },
+            connect_args=connect_args,
             pool_size=4,
             max_overflow=8,
         )
