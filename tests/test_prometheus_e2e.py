@@ -22,7 +22,7 @@ import yaml
 
 from leasestore.metrics import METRICS
 from tests.conftest import require_binary
-from tests.prometheus import Prometheus, free_port, self_signed_cert
+from tests.prometheus import Prometheus, free_port, self_signed_cert, stop_process
 from tests.scenarios import EXPECTED, FIRING, breach_some_thresholds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,12 +72,7 @@ class ExporterProcess:
         }
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
 
 
