@@ -51,6 +51,7 @@ def fast_rules(folder: Path) -> Path:
 
 class ExporterProcess:
     def __init__(self, db_url: str, folder: Path) -> None:
+        require_binary("openssl")
         self.cert, key = self_signed_cert(folder)
         self.password_file = folder / "password"
         self.password_file.write_text("scrape-secret\n")
