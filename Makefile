@@ -20,6 +20,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/store_vs_raw.py
+	$(BIN)/python benchmarks/exporter_scrape.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
