@@ -73,7 +73,7 @@ def test_stalled_agents_leave_work_for_recovery(db_url: str, tmp_path: Path) -> 
     result = phase3.run_concurrency(**SMALL, fail_rate=0.1, ttl=1.0, scenario="stall", stall_rate=0.3,
                                     report_dir=tmp_path, db_url=db_url, console=quiet())
     assert_report_holds_the_numbers(result.as_dict(), tmp_path)
-    assert result.stats.requests[names.RECOVER] + result.drain.recovered >= 0
+    # Abandoned leases expired and were recovered or taken over, by agents or the drain.
     assert result.metrics["lockExpired"].value >= 1
     assert result.history.terminal["done"] + result.history.terminal["dead"] == SMALL["tasks"]
 
