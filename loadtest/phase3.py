@@ -257,7 +257,9 @@ def run_scenario(config: RunConfig, console: Console, *, exclusive: bool | None 
         if before_verdict is not None:
             before_verdict(store, queue)
         history = check_run(store, queue)
-        window = max((store.now() - started_at) / 60 + 0.05, 0.05)
+        # Ends at compute_metrics' own (later) clock reading, so it starts at
+        # or just before the run: an earlier run's rows stay out.
+        window = (store.now() - started_at) / 60 + 1e-5
         metrics = compute_metrics(store, window)
         crosscheck = crosscheck_counts(stats, logged_by_locust_phase)
         if exclusive:
