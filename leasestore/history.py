@@ -280,41 +280,48 @@ def check_events(
 
 EVENT_COLUMNS = ("id", "ts", "task_id", "queue", "kind", "from_status", "to_status", "owner",
                  "fencing_token", "attempt", "reason", "detail")
-_EVENTS_PAGE = (f"SELECT {', '.join(EVENT_COLUMNS)} FROM event_log WHERE id > :after "
-                "ORDER BY id LIMIT :limit")
-_TASKS_PAGE = "SELECT id, status FROM tasks WHERE id > :after ORDER BY id LIMIT :limit"
 
 
-def _paged(fetch: Any, sql: str, first: Any, page_size: int) -> Iterable[Sequence[Any]]:
+def _paged_sql(table: str, columns: str, queue: str | None) -> str:
+    where = "id > :after" + (" AND queue = :queue" if queue is not None else "")
+    return f"SELECT {columns} FROM {table} WHERE {where} ORDER BY id LIMIT :limit"
+
+
+def _paged(fetch: Any, sql: str, first: Any, page_size: int, params: dict[str, Any]) -> Iterable[Sequence[Any]]:
     after = first
     while True:
-        page = fetch(sql, {"after": after, "limit": page_size})
+        page = fetch(sql, dict(params, after=after, limit=page_size))
         yield from page
         if len(page) < page_size:
             return
         after = page[-1][0]
 
 
-def read_snapshot(store: LeaseStore, *, page_size: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The whole ``event_log`` in id order and every task's status, read in
-    pages inside one read transaction, so both come from the same snapshot
-    even while workers go on writing."""
-    def body(cur: Any, now: float) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        def fetch(sql: str, params: dict[str, Any]) -> list[Sequence[Any]]:
-            return store.database.dialect.fetchall(cur, sql, params)
+def read_snapshot(store: LeaseStore, *, queue: str | None = None,
+                  page_size: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The ``event_log`` in id order and every task's status (of one queue, if
+    given), read in pages inside one read transaction, so both come from the
+    same snapshot even while workers go on writing."""
+    params = {} if queue is None else {"queue": queue}
+    events_sql = _paged_sql("event_log", ", ".join(EVENT_COLUMNS), queue)
+    tasks_sql = _paged_sql("tasks", "id, status", queue)
 
-        events = [dict(zip(EVENT_COLUMNS, r)) for r in _paged(fetch, _EVENTS_PAGE, 0, page_size)]
-        final = {str(r[0]): str(r[1]) for r in _paged(fetch, _TASKS_PAGE, "", page_size)}
+    def body(cur: Any, now: float) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        def fetch(sql: str, p: dict[str, Any]) -> list[Sequence[Any]]:
+            return store.database.dialect.fetchall(cur, sql, p)
+
+        events = [dict(zip(EVENT_COLUMNS, r)) for r in _paged(fetch, events_sql, 0, page_size, params)]
+        final = {str(r[0]): str(r[1]) for r in _paged(fetch, tasks_sql, "", page_size, params)}
         return events, final
 
     return store._read(body)
 
 
-def check_history(store: LeaseStore, *, require_drained: bool = True) -> HistoryReport:
-    """Check everything the store has recorded (see :func:`check_events`).
+def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str | None = None) -> HistoryReport:
+    """Check everything the store has recorded, or one queue's tasks (see :func:`check_events`).
 
     Safe while workers are still running (then pass ``require_drained=False``):
     the log and the statuses are read from one snapshot.
     """
-    events, final = read_snapshot(store)
+    events, final = read_snapshot(store, queue=queue)
     return check_events(events, final, require_drained=require_drained)

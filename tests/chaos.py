@@ -7,10 +7,9 @@ Each fault test reports one line of figures (``FAULT-FIGURES {json}``), printed
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +25,12 @@ import psycopg
 
 from leasestore import LeaseStore
 
-WORKER = str(Path(__file__).with_name("chaos_worker.py"))
+import chaos_worker
+
+# Workers fork from a server that has imported the store once. Each child
+# also imports the parent's __main__ (pytest's, under pytest): preload it too.
+_CTX = mp.get_context("forkserver")
+_CTX.set_forkserver_preload(["chaos_worker", "pytest"])
 FIGURES_FILE = Path(__file__).resolve().parent.parent / "out" / "fault-figures.jsonl"
 TABLES = ("tasks", "event_log", "lock_events", "dead_letters", "alerts", "leasestore_meta")
 
@@ -60,55 +64,67 @@ class Figures:
 
 
 class Worker:
-    """One ``chaos_worker.py`` process."""
+    """One agent process (``chaos_worker.run``), forked from the preloaded forkserver."""
 
     def __init__(self, mode: str, db: str, owner: str, tmp: Path, **options: Any) -> None:
         self.owner = owner
         self.stats_path = tmp / f"{owner}.json"
         self.stderr_path = tmp / f"{owner}.err"
-        argv = [sys.executable, WORKER, mode, "--db", db, "--owner", owner]
+        argv = [mode, "--db", db, "--owner", owner, "--stats", str(self.stats_path),
+                "--stderr", str(self.stderr_path)]
         for key, value in options.items():
             flag = "--" + key.replace("_", "-")
             if value is True:
                 argv.append(flag)
             elif value is not False and value is not None:
                 argv += [flag, str(value)]
-        if mode == "drain":
-            argv += ["--stats", str(self.stats_path)]
-        with self.stderr_path.open("w") as err:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE if mode == "stale" else subprocess.DEVNULL,
-                                         stderr=err, text=True, bufsize=1)
+        self._progress, channel = _CTX.Pipe(duplex=False)
+        self.proc = _CTX.Process(target=chaos_worker.run, args=(argv, channel), name=owner, daemon=True)
+        self.proc.start()
+        channel.close()
 
     @property
     def pid(self) -> int:
+        assert self.proc.pid is not None
         return self.proc.pid
 
     def signal(self, sig: int) -> None:
-        os.kill(self.proc.pid, sig)
+        os.kill(self.pid, sig)
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc.exitcode is None:
             self.signal(signal.SIGKILL)
-        self.proc.wait()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
+        self.proc.join()
+        self._progress.close()
 
-    def readline(self) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"{self.owner} ended early: {self.stderr_path.read_text()[-2000:]}")
-        return json.loads(line)
+    def _diagnostics(self) -> str:
+        return self.stderr_path.read_text()[-2000:] if self.stderr_path.exists() else ""
+
+    def readline(self, timeout: float = 30) -> dict[str, Any]:
+        """The next progress message of a ``stale`` worker."""
+        if not self._progress.poll(timeout):
+            raise AssertionError(f"{self.owner} said nothing for {timeout} s: {self._diagnostics()}")
+        try:
+            return self._progress.recv()
+        except EOFError:
+            raise AssertionError(f"{self.owner} ended early: {self._diagnostics()}") from None
 
     def result(self, timeout: float) -> dict[str, Any]:
-        self.proc.wait(timeout=timeout)
-        if self.proc.returncode != 0:
-            raise AssertionError(f"{self.owner} exited {self.proc.returncode}: "
-                                 f"{self.stderr_path.read_text()[-2000:]}")
-        if self.stats_path.exists():
-            return json.loads(self.stats_path.read_text())
-        assert self.proc.stdout is not None
-        return json.loads(self.proc.stdout.read().strip().splitlines()[-1])
+        self.proc.join(timeout)
+        if self.proc.exitcode != 0:
+            raise AssertionError(f"{self.owner} exit code {self.proc.exitcode}: {self._diagnostics()}")
+        return json.loads(self.stats_path.read_text())
+
+
+def start_together(workers: list[Worker], go: Path, timeout: float = 60) -> None:
+    """Wait until every worker (started with ``go=…``) is up, then let them all go."""
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        while not w.stats_path.with_suffix(".ready").exists():
+            if w.proc.exitcode is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{w.owner} did not come up: {w._diagnostics()}")
+            time.sleep(0.01)
+    go.touch()
 
 
 def wait_all(workers: list[Worker], timeout: float) -> list[dict[str, Any]]:

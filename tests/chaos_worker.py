@@ -1,5 +1,9 @@
 """A real agent process for the fault tests: claims, works with heartbeats, releases.
 
+Started by :class:`chaos.Worker` through a forkserver that has already
+imported the store (a fresh interpreter per worker would spend more time
+importing than working), or by hand: ``python tests/chaos_worker.py drain --db …``.
+
 ``drain`` works a queue until nothing is pending or leased, surviving every
 typed store error, and writes its counts as JSON on exit. ``stale`` claims one
 task, heartbeats until refused (the test pauses it past its TTL meanwhile),
@@ -16,6 +20,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from leasestore import NO_BACKOFF, LeaseLost, LeaseStore, LeaseStoreError, StoreUnavailable
@@ -79,12 +84,12 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
     return {"owner": args.owner, **stats, "errors": dict(errors)}
 
 
-def stale(args: argparse.Namespace) -> dict[str, Any]:
+def stale(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     """Hold a lease, announce each heartbeat, and act late once refused."""
     store = _open(args)
     lease = store.claim_task(args.queue, args.owner, ttl=args.ttl).lease
     assert lease is not None
-    print(json.dumps({"claimed": lease.task_id, "fence": lease.fencing_token}), flush=True)
+    say({"claimed": lease.task_id, "fence": lease.fencing_token})
     outcomes: dict[str, str] = {}
     while True:
         time.sleep(args.ttl / 3)
@@ -94,7 +99,7 @@ def stale(args: argparse.Namespace) -> dict[str, Any]:
             outcomes["heartbeat"] = f"{type(exc).__name__}:{exc.reason}"
             break
         # The test pauses this process right after this line, between transactions.
-        print(json.dumps({"beat": time.time()}), flush=True)
+        say({"beat": time.time()})
     for name, call in (("checkpoint", lambda: store.heartbeat(lease, checkpoint={"late": True})),
                        ("release", lambda: store.release_task(lease, "done"))):
         try:
@@ -106,7 +111,14 @@ def stale(args: argparse.Namespace) -> dict[str, Any]:
     return {"owner": args.owner, "fence": lease.fencing_token, "outcomes": outcomes}
 
 
-def main() -> int:
+def _wait_for_go(go: Path, ready: Path) -> None:
+    # Every worker starts at once, however long each took to come up.
+    ready.touch()
+    while not go.exists():
+        time.sleep(0.005)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["drain", "stale"])
     parser.add_argument("--db", required=True)
@@ -121,16 +133,27 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stats", help="write the result JSON here")
-    args = parser.parse_args()
-    result = drain(args) if args.mode == "drain" else stale(args)
+    parser.add_argument("--stderr", help="append diagnostics here")
+    parser.add_argument("--go", help="say ready (a file beside --stats), then start once this file exists")
+    return parser.parse_args(argv)
+
+
+def run(argv: list[str], channel: Any = None) -> None:
+    """Process entry point; ``channel`` (a pipe end) receives the stale holder's progress."""
+    args = parse(argv)
+    if args.stderr:
+        sys.stderr = open(args.stderr, "a", encoding="utf-8", buffering=1)
+    if args.go:
+        _wait_for_go(Path(args.go), Path(args.stats).with_suffix(".ready"))
+    say = channel.send if channel is not None else (lambda msg: print(json.dumps(msg), flush=True))
+    result = drain(args) if args.mode == "drain" else stale(args, say)
     text = json.dumps(result)
     if args.stats:
         with open(args.stats, "w", encoding="utf-8") as fh:
             fh.write(text)
     else:
         print(text, flush=True)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(sys.argv[1:])

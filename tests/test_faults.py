@@ -29,12 +29,14 @@ from chaos import (
     pg_role,
     snapshot,
     sqlite_integrity,
+    start_together,
     terminate_backends,
     wait_all,
 )
 from conftest import PG_DSN, require, require_binary
 from leasestore import NO_BACKOFF, LeaseStore, StoreFull, StoreReadOnly, StoreUnavailable
 from leasestore.history import check_history
+from leasestore.metrics import compute_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -83,17 +85,20 @@ def test_faults_sigkill_storm(db_url: str, tmp_path: Path) -> None:
     rng = random.Random(7)
     store = LeaseStore(db_url, retry_policy=NO_BACKOFF)
     fill(store, tasks)
-    opts = dict(ttl=TTL, work_min=0.03, work_max=0.25, deadline=90)
+    go = tmp_path / "go"
+    opts = dict(ttl=TTL, work_min=0.03, work_max=0.25, deadline=90, go=go)
 
     def spawn(slot: int, n: int) -> Worker:
         return Worker("drain", db_url, f"w{slot}.{n}", tmp_path, seed=slot * 100 + n, **opts)
 
-    started = time.monotonic()
     pool = [spawn(i, 0) for i in range(workers)]
+    start_together(pool, go)
+    started = time.monotonic()  # drain times count from the start signal, not from process start-up
     finished: list[Worker] = []
     orphans: list[tuple[str, float]] = []  # (task id, database time of the kill)
     with Sweeper(db_url, SWEEP) as sweeper:
         wait_for_holders(store, {w.owner for w in pool}, need=workers // 2)
+        working = time.monotonic()
         n = 0
         while n < kills:
             time.sleep(rng.uniform(0.1, 0.35))
@@ -128,7 +133,8 @@ def test_faults_sigkill_storm(db_url: str, tmp_path: Path) -> None:
         "sigkill_storm", backend_of(db_url), tasks, workers, kills,
         lost=len(report.unfinished), violations=len(report.violations),
         drain_seconds=drained - started,
-        extra={"kills_mid_lease": len(orphans), "orphan_recovery_max_s": round(max(latencies, default=0), 2),
+        extra={"start_s": round(working - started, 2), "kill_phase_s": round(last_fault - working, 2),
+               "kills_mid_lease": len(orphans), "orphan_recovery_max_s": round(max(latencies, default=0), 2),
                "bound_s": TTL + SWEEP + SLACK, "drain_after_last_kill_s": round(drained - last_fault, 2),
                "sweeper_recovered": sweeper.recovered,
                "takeovers": sum(r.get("takeovers", 0) for r in results), "worker_errors": dict(errors)})
@@ -185,6 +191,7 @@ def test_faults_sigstop_past_ttl(db_url: str, tmp_path: Path) -> None:
     assert [(c["op"], c["owner"], c["fencing_token"]) for c in conflicts] == [
         ("heartbeat", "agent-b", 1), ("heartbeat", "agent-b", 1), ("release", "agent-b", 1)]
     assert after == before and after.owner == "agent-b" and after.checkpoint == {"by": "b"}
+    assert compute_metrics(store, 60)["lockConflictEvents"].value == 3
     store.close()
 
 
@@ -194,10 +201,12 @@ def test_faults_pg_backends_terminated(pg_url: str, tmp_path: Path) -> None:
     rng = random.Random(11)
     store = LeaseStore(pg_url, retry_policy=NO_BACKOFF)
     fill(store, tasks)
-    started = time.monotonic()
     with pg_role(pg_url, PG_DSN) as (role, url):
-        pool = [Worker("drain", url, f"w{i}", tmp_path, ttl=TTL, work_min=0.02, work_max=0.15, deadline=90)
+        go = tmp_path / "go"
+        pool = [Worker("drain", url, f"w{i}", tmp_path, ttl=TTL, work_min=0.02, work_max=0.15, deadline=90, go=go)
                 for i in range(workers)]
+        start_together(pool, go)
+        started = time.monotonic()
         with Sweeper(pg_url, SWEEP):
             wait_for_holders(store, {w.owner for w in pool}, need=workers // 2)
             terminated = 0
@@ -222,17 +231,19 @@ def test_faults_pg_backends_terminated(pg_url: str, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("gate", ["fair", "unfair"])
 def test_faults_sqlite_busy_contention(sqlite_url: str, tmp_path: Path, gate: str) -> None:
-    """8 processes claim and release back to back with a 5 ms busy timeout.
+    """8 processes claim and release 1000 tasks back to back with a 5 ms busy timeout.
 
     ``fair`` goes through the store's write gate, ``unfair`` through SQLite's
     own busy handler; either way a lost race is a typed, retryable StoreBusy.
     """
-    tasks, workers = 400, 8
+    tasks, workers = 1000, 8
     store = LeaseStore(sqlite_url, retry_policy=NO_BACKOFF)
     fill(store, tasks)
-    started = time.monotonic()
+    go = tmp_path / "go"
     pool = [Worker("drain", sqlite_url, f"w{i}", tmp_path, ttl=5, work_min=0, work_max=0, busy_timeout=0.005,
-                   unfair=gate == "unfair", deadline=90) for i in range(workers)]
+                   unfair=gate == "unfair", deadline=90, go=go) for i in range(workers)]
+    start_together(pool, go)
+    started = time.monotonic()
     results = wait_all(pool, timeout=90)
     drained = time.monotonic()
     report = assert_history_clean(store, sqlite_url)

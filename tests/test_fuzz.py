@@ -147,12 +147,17 @@ def test_fuzz_operator_and_read_calls(seeded: Seeded, task_id: Any, value: Any, 
         seeded.refused(call)
 
 
-@pytest.mark.parametrize("url", [
+GARBAGE_URLS = [
     "mysql://u@h/db", "postgresql+psycopg://u:secret@[bad", "postgresql+psycopg://nobody@127.0.0.1:1/x",
-    "http://example.invalid/", "sqlite:///:memory:?mode=ro&uri=true' OR 1=1", "postgresql://",
+    "http://example.invalid/", "sqlite:///:memory:?mode=ro&uri=true' OR 1=1", "postgresql://127.0.0.1:1/",
     "::", "postgresql+psycopg://u@127.0.0.1:5432/test?options=-c%20statement_timeout%3D'x",
-])
-def test_garbage_urls_are_typed_errors(url: str) -> None:
+]
+UNREACHABLE = {"mysql://u@h/db", "postgresql+psycopg://u:secret@[bad", "postgresql+psycopg://nobody@127.0.0.1:1/x",
+               "postgresql://127.0.0.1:1/", "http://example.invalid/"}
+
+
+@pytest.mark.parametrize("url", GARBAGE_URLS)
+def test_garbage_urls_are_typed_errors(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     stores: list[LeaseStore] = []
     with pytest.raises(LeaseStoreError) as refused:
         stores.append(LeaseStore(url, init=False))
@@ -160,6 +165,12 @@ def test_garbage_urls_are_typed_errors(url: str) -> None:
     for store in stores:
         store.close()
     assert "\n" not in str(refused.value) and "secret" not in str(refused.value)
+    # init-db creates what it can reach: only with URLs that reach nothing
+    commands = [["status", "--db", url]] + ([["init-db", "--db", url]] if url in UNREACHABLE else [])
+    for args in commands:
+        assert cli_main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "secret" not in err, err
 
 
 # --- the CLI ---------------------------------------------------------------------------------

@@ -262,3 +262,12 @@ def test_check_history_reads_in_pages(store: LeaseStore) -> None:
     events, final = read_snapshot(store, page_size=3)
     assert [e["id"] for e in events] == sorted(e["id"] for e in events) and len(events) == 7
     assert sorted(final) == [f"t{i}" for i in range(7)] and set(final.values()) == {"pending"}
+
+
+def test_check_history_of_one_queue(store: LeaseStore) -> None:
+    store.enqueue("mine", task_id="m1")
+    store.enqueue("other", task_id="o1")
+    store.release_task(store.claim_task("mine", "a").lease, "done")
+    assert check_history(store, queue="mine").ok
+    report = check_history(store)
+    assert report.unfinished == ["o1"] and [v.invariant for v in report.violations] == [NOT_DRAINED]

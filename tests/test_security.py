@@ -103,8 +103,26 @@ def test_tokens_never_leave_the_holder(store: LeaseStore, db_url: str, capsys: p
         assert cli_main([*command, "--db", db_url]) == 0
         outputs.append(capsys.readouterr().out)
     outputs.append(json.dumps(snapshot(store), default=str))
+    outputs.append(_exporter_text(db_url))
     for token in tokens:
         for text in outputs:
             assert token not in text
     stored = {row[7] for row in snapshot(store)["tasks"]}  # lease_token_hash
     assert hash_token(cli_token) in stored and all(h is None or len(h) == 64 for h in stored)
+
+
+def _exporter_text(db_url: str) -> str:
+    """One scrape of the exporter's collector, as Prometheus would read it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from exporter.collector import StoreCollector
+
+    collector = StoreCollector(db_url)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    try:
+        text = generate_latest(registry).decode()
+    finally:
+        collector.close()
+    assert "leasestore_up 1.0" in text
+    return text
