@@ -404,6 +404,10 @@ def phase3_concurrency(
     fail_rate: Annotated[float, typer.Option("--fail-rate", "--failRate", help="Probability an agent fails its task.")] = 0.1,
     ttl: TtlOption = 5.0,
     scenario: Annotated[str, typer.Option(help="drain (one queue), hot (a few hot task ids) or stall (agents stop heartbeating).")] = "drain",
+    heartbeats: Annotated[int, typer.Option(help="Heartbeats per held task.")] = 1,
+    work_ms: Annotated[Optional[float], typer.Option("--work-ms", "--workMs", help="Simulated work before each heartbeat and the release, ms (default: 5 for hot, else 0).")] = None,
+    hot_tasks: Annotated[int, typer.Option("--hot-tasks", "--hotTasks", help="hot: how many task ids the agents fight over.")] = 4,
+    stall_rate: Annotated[float, typer.Option("--stall-rate", "--stallRate", help="stall: probability an agent stops heartbeating mid-task.")] = 0.2,
     report_dir: Annotated[str, typer.Option("--report-dir", "--reportDir", help="Where locust's CSV/HTML go.")] = "out/phase3-concurrency",
     max_seconds: MaxSecondsOption = 300.0,
     db: Phase3DbOption = None,
@@ -411,7 +415,8 @@ def phase3_concurrency(
     """Many agents drain one queue; reports contention, latency, metrics and invariants."""
     from loadtest import phase3
 
-    result = phase3.run_concurrency(scenario=scenario, **_phase3_common(
+    result = phase3.run_concurrency(scenario=scenario, heartbeats=heartbeats, work_ms=work_ms, hot_tasks=hot_tasks,
+                                    stall_rate=stall_rate, **_phase3_common(
         workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db))
     raise typer.Exit(0 if result.ok else 1)
 
