@@ -137,7 +137,19 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), owner=st.sampled_from(OWNERS), ttl=st.sampled_from(TTLS))
     def claim_named(self, data: st.DataObject, owner: str, ttl: float) -> None:
         m = self.model
-        t = m.tasks[data.draw(st.sampled_from(sorted(m.tasks)))]
+        self._claim_named(m.tasks[data.draw(st.sampled_from(sorted(m.tasks)))], owner, ttl)
+
+    @precondition(lambda self: any(self.model.held(t) for t in self.model.tasks.values()))
+    @rule(data=st.data(), ttl=st.sampled_from(TTLS))
+    def claim_again_as_holder(self, data: st.DataObject, ttl: float) -> None:
+        """An agent restarted with the same identity: it resumes, and its old token must die."""
+        held = sorted(t.id for t in self.model.tasks.values() if self.model.held(t))
+        t = self.model.tasks[data.draw(st.sampled_from(held))]
+        assert t.owner is not None
+        self._claim_named(t, t.owner, ttl)
+
+    def _claim_named(self, t: ModelTask, owner: str, ttl: float) -> None:
+        m = self.model
         self._tick()
         result = self.store.claim_task(task_id=t.id, owner=owner, ttl=ttl)
         if t.status == "pending":
