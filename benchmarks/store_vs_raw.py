@@ -11,6 +11,7 @@ side uses the same one-statement CTEs the library sends.
     .venv/bin/python benchmarks/store_vs_raw.py --latency        # claim latency at 1k / 100k / 1M pending
     .venv/bin/python benchmarks/store_vs_raw.py --latency --backend postgresql --sizes 1000,100000
     .venv/bin/python benchmarks/store_vs_raw.py --profile --backend sqlite --seconds 3
+    .venv/bin/python benchmarks/store_vs_raw.py --backend postgresql --async-commit   # CPU-bound, not fsync-bound
 """
 
 from __future__ import annotations
@@ -182,6 +183,10 @@ def measure(kind: str, url: str, processes: int, seconds: float) -> tuple[float,
 class Target:
     """A fresh database per measurement: a SQLite file or a PostgreSQL schema."""
 
+    # Extra libpq options for PostgreSQL sessions, e.g. synchronous_commit=off
+    # (--async-commit) so a disk shared with other work stops deciding the figure.
+    pg_options = ""
+
     def __init__(self, backend: str, root: Path) -> None:
         self.backend, self.root = backend, root
 
@@ -191,7 +196,7 @@ class Target:
             return str(self.root / f"{name}.db")
         with psycopg.connect(PG_DSN, autocommit=True) as conn:
             conn.execute(f"CREATE SCHEMA {name}")
-        return PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1) + f"?options=-csearch_path%3D{name}"
+        return PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1) + f"?options=-csearch_path%3D{name}{self.pg_options}"
 
     def drop_all(self) -> None:
         if self.backend == "postgresql":
@@ -294,7 +299,11 @@ def main() -> int:
     parser.add_argument("--sizes", type=_int_list, default=[1_000, 100_000, 1_000_000],
                         help="pending tasks for --latency (default 1000,100000,1000000)")
     parser.add_argument("--profile", action="store_true", help="cProfile one library worker instead")
+    parser.add_argument("--async-commit", action="store_true",
+                        help="PostgreSQL sessions of both sides with synchronous_commit=off (commits stop waiting on fsync)")
     args = parser.parse_args()
+    if args.async_commit:
+        Target.pg_options = "%20-csynchronous_commit%3Doff"
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     if args.profile:
         for backend in backends:
