@@ -141,7 +141,7 @@ def seed(url: str, tasks: int) -> None:
         conn.execute("ANALYZE")
         conn.close()
     else:
-        dsn = store.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)  # keeps libpq options verbatim
         with psycopg.connect(dsn) as conn, conn.cursor() as cur:
             # COPY: a million rows load in seconds, not minutes.
             with cur.copy("COPY tasks (id, queue, status, attempts, max_attempts, fencing_token, "
