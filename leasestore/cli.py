@@ -345,7 +345,7 @@ def metrics(
 @app.command()
 def exporter(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[Optional[int], typer.Option(help="Port to listen on.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on.", min=0, max=65535)] = None,
     window: Annotated[float, typer.Option(help="Metrics window, minutes.")] = DEFAULT_WINDOW_MINUTES,
     tls_cert: Annotated[Optional[str], typer.Option(help="PEM certificate: serve HTTPS.")] = None,
     tls_key: Annotated[Optional[str], typer.Option(help="PEM private key of --tls-cert.")] = None,

@@ -20,13 +20,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
-from .errors import LeaseLost
+from .errors import InvalidArgument, LeaseLost
 from .metrics import compute_metrics
 from .retry import RetryPolicy
 from .store import LeaseStore
+from .validation import positive_int
 
 QUEUE = "demo"
 LEASE_TTL = 1.0
+MAX_DEMO_WORKERS = 32
+MAX_DEMO_TASKS = 10_000
 WORK_SECONDS = 0.25
 FAIL_RATE = 0.15
 DEADLINE_SECONDS = 90.0
@@ -63,6 +66,10 @@ def _drained(store: LeaseStore) -> bool:
 
 
 def run_demo(*, workers: int, tasks: int, db: str | None, console: Console) -> int:
+    # One agent is killed on purpose: at least one more must be left to drain.
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 2 <= workers <= MAX_DEMO_WORKERS:
+        raise InvalidArgument(f"workers must be an integer from 2 to {MAX_DEMO_WORKERS} (one is killed)")
+    tasks = positive_int(tasks, "tasks", MAX_DEMO_TASKS)
     if db is None:
         db = str(Path(tempfile.mkdtemp(prefix="leasestore-demo-")) / "orchestrator.db")
     store = LeaseStore(db, retry_policy=RetryPolicy(base=0.2, cap=1.0))

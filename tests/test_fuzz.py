@@ -227,6 +227,10 @@ def test_fuzz_cli(seeded: Seeded, capsys: pytest.CaptureFixture[str], command: i
     [b"heartbeat", b"t", b"--token", b"x", b"--fence", b"99999999999999999999999"],
     [b"release", b"t'; DROP TABLE tasks; --", b"--token", b"x", b"--fence", b"1"],
     [b"nonsense-command"],
+    [b"demo", b"--workers", b"-1"],  # used to wait forever for a holder to kill
+    [b"demo", b"--workers", b"1"],
+    [b"demo", b"--workers", b"3", b"--tasks", b"0"],
+    [b"exporter", b"--port", b"99999"],  # used to end in an OverflowError from bind()
 ])
 def test_cli_subprocess_bad_input(sqlite_url: str, args: list[bytes]) -> None:
     """The installed entry point: one error line, non-zero exit, no traceback, nothing written."""
