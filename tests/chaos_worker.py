@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from leasestore import NO_BACKOFF, LeaseLost, LeaseStore, LeaseStoreError, StoreUnavailable
+from leasestore import NO_BACKOFF, LeaseLost, LeaseStore, LeaseStoreError, StoreUnavailable, failpoints
 from leasestore.types import ClaimStatus
 
 
@@ -87,7 +87,7 @@ def drain(args: argparse.Namespace) -> dict[str, Any]:
 def stale(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     """Hold a lease, announce each heartbeat, and act late once refused."""
     store = _open(args)
-    lease = store.claim_task(args.queue, args.owner, ttl=args.ttl).lease
+    lease = store.claim_task(args.queue, args.owner, task_id=args.task_id, ttl=args.ttl).lease
     assert lease is not None
     say({"claimed": lease.task_id, "fence": lease.fencing_token})
     outcomes: dict[str, str] = {}
@@ -134,6 +134,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--stats", help="write the result JSON here")
     parser.add_argument("--stderr", help="append diagnostics here")
+    parser.add_argument("--failpoints", help="arm leasestore failpoints, e.g. after_claim_update:stop")
+    parser.add_argument("--task-id", help="stale mode: claim this task instead of the next one")
     parser.add_argument("--go", help="say ready (a file beside --stats), then start once this file exists")
     return parser.parse_args(argv)
 
@@ -143,6 +145,8 @@ def run(argv: list[str], channel: Any = None) -> None:
     args = parse(argv)
     if args.stderr:
         sys.stderr = open(args.stderr, "a", encoding="utf-8", buffering=1)
+    if args.failpoints:
+        failpoints.arm(args.failpoints)
     if args.go:
         _wait_for_go(Path(args.go), Path(args.stats).with_suffix(".ready"))
     say = channel.send if channel is not None else (lambda msg: print(json.dumps(msg), flush=True))

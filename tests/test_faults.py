@@ -34,7 +34,7 @@ from chaos import (
     wait_all,
 )
 from conftest import PG_DSN, require, require_binary
-from leasestore import NO_BACKOFF, LeaseStore, StoreFull, StoreReadOnly, StoreUnavailable
+from leasestore import NO_BACKOFF, ClaimStatus, LeaseStore, StoreFull, StoreReadOnly, StoreUnavailable
 from leasestore.history import check_history
 from leasestore.metrics import compute_metrics
 
@@ -403,3 +403,68 @@ def test_faults_sqlite_read_only_file(capsys: pytest.CaptureFixture[str]) -> Non
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_faults_stopped_inside_a_write_transaction(db_url: str, tmp_path: Path) -> None:
+    """A holder stops itself half-way through its claim (failpoint ``after_claim_update:stop``), then is killed.
+
+    SQLite: other writers get a typed StoreBusy after their busy timeout while
+    readers go on. PostgreSQL: claimers and the sweeper skip the locked row and
+    are not held up. Either way the killed claim leaves nothing behind and
+    writing resumes at once.
+    """
+    backend = backend_of(db_url)
+    busy_timeout = 0.5
+    store = LeaseStore(db_url, retry_policy=NO_BACKOFF, busy_timeout=busy_timeout)
+    fill(store, 5)
+    started = time.monotonic()
+    a = Worker("stale", db_url, "agent-a", tmp_path, task_id="task-0000", failpoints="after_claim_update:stop")
+    try:
+        deadline = time.monotonic() + 30
+        while not _stopped(a.pid):
+            assert time.monotonic() < deadline and a.proc.exitcode is None, a._diagnostics()
+            time.sleep(0.01)
+        assert store.status_summary()["counts"]  # readers are never held up
+        t0 = time.monotonic()
+        outcomes = {}
+        for name, op in (("claim", lambda: store.claim_task("chaos", "b", ttl=30)),
+                         ("recover", store.recover_stale)):
+            try:
+                result = op()
+                outcomes[name] = getattr(result, "status", "ok")
+            except StoreUnavailable as exc:
+                outcomes[name] = type(exc).__name__
+        stalled_for = time.monotonic() - t0
+        a.kill()
+        t1 = time.monotonic()
+        claimed = store.claim_task(task_id="task-0000", owner="c", ttl=30)
+        resumed_in = time.monotonic() - t1
+    finally:
+        a.kill()
+    assert claimed.lease is not None and claimed.lease.fencing_token == 1 and claimed.lease.attempt == 1
+    events = store.events(task_id="task-0000")
+    assert [e["kind"] for e in events] == ["enqueued", "claimed"] and events[-1]["owner"] == "c"
+    store.release_task(claimed.lease, "done")
+    report = check_history(store, require_drained=False)
+    if backend == "sqlite":
+        assert sqlite_integrity(db_url) == "ok"
+    Figures("stopped_in_transaction", backend, tasks=5, workers=2, faults=1, lost=0,
+            violations=len(report.violations), drain_seconds=time.monotonic() - started,
+            extra={"during_stop": {k: str(v) for k, v in outcomes.items()},
+                   "blocked_s": round(stalled_for, 2), "busy_timeout_s": busy_timeout,
+                   "write_after_kill_s": round(resumed_in, 3)}).report()
+    assert report.ok, report.summary()
+    if backend == "sqlite":
+        assert outcomes == {"claim": "StoreBusy", "recover": "StoreBusy"}
+        assert stalled_for >= 2 * busy_timeout * 0.9
+    else:
+        # another task was claimed past the locked row; the sweeper skipped it
+        assert outcomes == {"claim": ClaimStatus.ACQUIRED, "recover": "ok"}
+        assert stalled_for < busy_timeout
+    assert resumed_in < 5
+    store.close()
