@@ -271,3 +271,34 @@ def test_check_history_of_one_queue(store: LeaseStore) -> None:
     assert check_history(store, queue="mine").ok
     report = check_history(store)
     assert report.unfinished == ["o1"] and [v.invariant for v in report.violations] == [NOT_DRAINED]
+
+
+def test_the_checker_catches_a_store_that_takes_over_live_leases(store: LeaseStore,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mutant store whose takeover ignores the expiry: the real log it writes must be flagged."""
+    from leasestore.db import postgresql, sqlite
+
+    module = sqlite if store.backend == "sqlite" else postgresql
+    monkeypatch.setattr(module, "SELECT_EXPIRED_CANDIDATE",
+                        module.SELECT_EXPIRED_CANDIDATE.replace("lease_expires_at <= ", "lease_expires_at > "))
+    store.enqueue("q", task_id="t1")
+    store.claim_task("q", "a", ttl=60)
+    stolen = store.claim_task("q", "b", ttl=60)
+    assert stolen.lease is not None and stolen.lease.took_over  # the mutant did it
+    report = check_history(store, require_drained=False)
+    [v] = report.violations
+    assert v.invariant == SINGLE_HOLDER and v.task_id == "t1" and "before the previous lease expired" in v.message
+
+
+def test_the_checker_catches_a_store_that_reuses_fencing_tokens(store: LeaseStore,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from leasestore.db import queries
+
+    monkeypatch.setattr(queries, "ACQUIRE", queries.ACQUIRE.replace("fencing_token = fencing_token + 1",
+                                                                    "fencing_token = 1"))
+    store.enqueue("q", task_id="t1")
+    store.release_task(store.claim_task(task_id="t1", owner="a").lease, "failed", "x")
+    store.release_task(store.claim_task(task_id="t1", owner="b").lease, "done")
+    report = check_history(store)
+    [v] = report.violations
+    assert v.invariant == FENCING_MONOTONIC and "fencing token 1, not above the earlier 1" in v.message
