@@ -404,7 +404,6 @@ def test_faults_sqlite_read_only_file(capsys: pytest.CaptureFixture[str]) -> Non
         shutil.rmtree(folder, ignore_errors=True)
 
 
-
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0] == "T"
