@@ -38,8 +38,6 @@ from leasestore import NO_BACKOFF, ClaimStatus, LeaseStore, StoreFull, StoreRead
 from leasestore.history import check_history
 from leasestore.metrics import compute_metrics
 
-pytestmark = pytest.mark.slow
-
 TTL = 0.6  # lease time to live in the multi-process runs (heartbeat every TTL/3)
 SWEEP = 0.25  # S: the recovery loop interval
 # Scheduling slack on a loaded 2-core machine: process start-up, GC, the other tests.
@@ -74,6 +72,7 @@ def assert_history_clean(store: LeaseStore, url: str) -> Any:
     return report
 
 
+@pytest.mark.slow
 def test_faults_sigkill_storm(db_url: str, tmp_path: Path) -> None:
     """8 workers, 240 tasks; 12 SIGKILLs at random points, each followed by a fresh worker.
 
@@ -195,6 +194,7 @@ def test_faults_sigstop_past_ttl(db_url: str, tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_faults_pg_backends_terminated(pg_url: str, tmp_path: Path) -> None:
     """The server cuts every worker connection (pg_terminate_backend) again and again under load."""
     tasks, workers, rounds = 200, 6, 8
@@ -229,6 +229,7 @@ def test_faults_pg_backends_terminated(pg_url: str, tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gate", ["fair", "unfair"])
 def test_faults_sqlite_busy_contention(sqlite_url: str, tmp_path: Path, gate: str) -> None:
     """8 processes claim and release 1000 tasks back to back with a 5 ms busy timeout.
