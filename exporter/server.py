@@ -17,6 +17,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -25,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, NoReturn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -178,7 +179,6 @@ class Exporter:
                 "pass --tls-cert/--tls-key and --basic-auth-user, or --insecure")
         tls_context = tls.context() if tls is not None else None
         self.collector = StoreCollector(db, window_minutes)
-        self.collector.prime()
         self.registry = build_registry(self.collector)
         app = make_app(self.registry)
         if auth is not None:
@@ -187,6 +187,7 @@ class Exporter:
             "_ExporterServer", (_ThreadingServer,),
             {"tls": tls_context, "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET})
         self.server = make_server(host, port, app, server_class, _QuietHandler)
+        self.collector.prime()  # after the bind: a taken port fails at once
         self.scheme = "https" if tls_context is not None else "http"
         self.host, self.port = host, self.server.server_port
         self._thread: threading.Thread | None = None
@@ -207,11 +208,27 @@ class Exporter:
         self.collector.close()
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line like every other leasestore error; --help still shows the usage.
+        self.exit(2, f"error: {message}\n")
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {port}")
+    return port
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="leasestore-exporter", description=__doc__.splitlines()[0])
+    parser = _OneLineErrors(prog="leasestore-exporter", description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=None, help="SQLite path or SQLAlchemy URL (default: the store's rules)")
     parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    parser.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument("--window", type=float, default=DEFAULT_WINDOW_MINUTES, help="metrics window, minutes")
     parser.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     parser.add_argument("--tls-key", help="PEM private key of --tls-cert")
@@ -251,6 +268,7 @@ def auth_from_args(args: argparse.Namespace, env: dict[str, str] | os._Environ[s
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         exporter = Exporter(args.db, args.host, args.port, args.window, args.insecure,
                             tls=tls_from_args(args), auth=auth_from_args(args))

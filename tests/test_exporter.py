@@ -232,3 +232,14 @@ def test_scrape_survives_server_loss(pg_url: str) -> None:
     assert registry.get_sample_value("leasestore_scrape_errors_total") == 2
     assert registry.get_sample_value("leasestore_dead_letters_open_threshold") == 2
     down.close()
+
+
+@pytest.mark.parametrize("argv", [["--port", "99999"], ["--port", "http"], ["--window", "-5"], ["--bogus"]])
+def test_console_script_errors_are_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own exit
+        code = int(exc.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
