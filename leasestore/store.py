@@ -488,7 +488,14 @@ class LeaseStore:
                             owner=owner, fence=int(new_fence))
             return HeartbeatResult(task_id, int(new_fence), float(expires))
 
-        result = self._write(body)
+        result: HeartbeatResult | errors.LeaseLost | None = None
+        if self._d.supports_fused:
+            row = self._statement(lambda cur: self._d.heartbeat_fused(cur, {
+                **params, "checkpointing": "checkpoint" in params, "checkpoint": params.get("checkpoint")}))
+            if row is not None:
+                result = HeartbeatResult(task_id, int(row[0]), float(row[1]))
+        if result is None:  # refused, or no one-statement path: the full path records why
+            result = self._write(body)
         if isinstance(result, errors.LeaseLost):
             log_heartbeat.info("heartbeat refused: %s", result)
             raise result

@@ -114,6 +114,10 @@ class Dialect:
         """(queue, owner, available_at) of a done/retry release, or None if refused."""
         raise NotImplementedError
 
+    def heartbeat_fused(self, cur: Any, params: dict[str, Any]) -> Sequence[Any] | None:
+        """(fencing_token, lease_expires_at) of an extended lease, or None if refused."""
+        raise NotImplementedError
+
     # --- schema -----------------------------------------------------------
     def schema_extras(self) -> list[str]:
         """DDL beyond the tables: append-only triggers, functions. Idempotent."""

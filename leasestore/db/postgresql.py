@@ -140,6 +140,11 @@ class PostgresDialect(Dialect):
         cur.execute(RELEASE, dict(params, offset=self.clock.offset))
         return cur.fetchone()
 
+    def heartbeat_fused(self, cur: Any, params: dict[str, Any]) -> Sequence[Any] | None:
+        """One statement: the fenced extension, its lock row and the checkpoint's event."""
+        cur.execute(HEARTBEAT, dict(params, offset=self.clock.offset))
+        return cur.fetchone()
+
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, (pg_errors.AdminShutdown, pg_errors.CrashShutdown)):
             return True
@@ -226,3 +231,25 @@ lk AS (
 SELECT queue, owner, available_at FROM upd
 """
 
+# ``%(checkpointing)s`` false leaves the stored checkpoint as it is and writes no event.
+HEARTBEAT = f"""
+WITH {_CLOCK},
+upd AS (
+  UPDATE tasks t SET lease_expires_at = clock.now + %(ttl)s, updated_at = clock.now,
+         checkpoint = CASE WHEN %(checkpointing)s THEN %(checkpoint)s::text ELSE t.checkpoint END
+  FROM clock
+  WHERE t.id = %(id)s AND t.lease_token_hash = %(token_hash)s AND t.fencing_token = %(fence)s
+    AND t.status = 'leased' AND t.lease_expires_at > clock.now
+  RETURNING t.queue, t.owner, t.fencing_token, t.lease_expires_at, clock.now AS now
+),
+ev AS (
+  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token)
+  SELECT now, %(id)s, queue, 'checkpointed', 'leased', 'leased', owner, fencing_token FROM upd
+  WHERE %(checkpointing)s
+),
+lk AS (
+  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
+  SELECT now, %(id)s, queue, owner, 'heartbeat', 'extended', fencing_token FROM upd
+)
+SELECT fencing_token, lease_expires_at FROM upd
+"""
