@@ -22,6 +22,9 @@ contract in DESIGN.md as a :class:`Violation`:
 ``not_drained``
     a task neither done nor dead at the end (only with ``require_drained``).
 
+:func:`check_metrics` checks the fifth invariant (``metrics_match_log``): the
+seven metrics as the SQL computes them equal a recount of the raw rows.
+
 The lease expiry is not in ``event_log`` (heartbeats extend it in
 ``lock_events`` only), so an early takeover is detected from the takeover
 row's own record of the expiry it replaced; recoveries are checked by state.
@@ -30,12 +33,14 @@ row's own record of the expiry it replaced; recoveries are checked by state.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .models import EventKind, TaskStatus
+from .metrics import raw_counts, validate_window
+from .models import EventKind, LockOutcome, TaskStatus
 
 if TYPE_CHECKING:
     from .store import LeaseStore
@@ -325,3 +330,77 @@ def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str
     """
     events, final = read_snapshot(store, queue=queue)
     return check_events(events, final, require_drained=require_drained)
+
+
+# --- invariant 5: the metrics say what the log says ----------------------------
+
+METRICS_MATCH_LOG = "metrics_match_log"
+_K = EventKind
+_LOCK_RECOVERIES = (LockOutcome.RECOVERED.value, LockOutcome.RECOVER_DEAD_LETTERED.value)
+
+
+def recount_metrics(events: Iterable[Mapping[str, Any]], lock_events: Iterable[Mapping[str, Any]],
+                    since: float) -> dict[str, float]:
+    """The seven metrics recounted in Python from raw ``event_log`` and
+    ``lock_events`` rows, one row at a time, as DESIGN.md defines them: an
+    independent reference for the SQL in :mod:`leasestore.metrics`.
+
+    ``events`` must be the whole log (open dead letters are counted from every
+    dead-lettering, requeue and resolve ever written); the windowed values take
+    rows with ``ts >= since``.
+    """
+    windowed: Counter[str] = Counter()
+    open_dead_letters = 0
+    for e in events:
+        kind = e["kind"]
+        if kind == _K.DEAD_LETTERED.value:
+            open_dead_letters += 1
+        elif kind in (_K.REQUEUED.value, _K.RESOLVED.value):
+            open_dead_letters -= 1
+        if float(e["ts"]) < since:
+            continue
+        if kind == _K.RETRY_SCHEDULED.value:
+            windowed["retryAttempts"] += 1
+        elif kind == _K.DEAD_LETTERED.value:
+            windowed["retryLimitReached"] += 1
+            if e.get("reason") == "lease_expired":
+                windowed["lockExpired"] += 1
+        elif kind in (_K.TAKEN_OVER.value, _K.RECOVERED.value):
+            windowed["lockExpired"] += 1
+    outcomes = Counter(str(r["outcome"]) for r in lock_events if float(r["ts"]) >= since)
+    attempted = sum(outcomes[o] for o in _LOCK_RECOVERIES) + outcomes[LockOutcome.RECOVER_FAILED.value]
+    return {
+        "retryAttempts": windowed["retryAttempts"],
+        "retryLimitReached": windowed["retryLimitReached"],
+        "lockExpired": windowed["lockExpired"],
+        "duplicateSuppressed": outcomes[LockOutcome.DUPLICATE.value],
+        "staleRecoveryFailureRate": outcomes[LockOutcome.RECOVER_FAILED.value] / attempted if attempted else 0.0,
+        "deadLettersOpen": open_dead_letters,
+        "lockConflictEvents": outcomes[LockOutcome.BUSY.value] + outcomes[LockOutcome.CONFLICT.value],
+    }
+
+
+def compare_metrics(reported: Mapping[str, float], recounted: Mapping[str, float]) -> list[Violation]:
+    return [Violation(METRICS_MATCH_LOG, None, None,
+                      f"{key} is {reported[key]:g} but the log says {recounted[key]:g}")
+            for key in recounted if not math.isclose(float(reported[key]), float(recounted[key]), abs_tol=1e-9)]
+
+
+def check_metrics(store: LeaseStore, window_minutes: float) -> list[Violation]:
+    """Invariant 5: the metrics computed by :mod:`leasestore.metrics` over the
+    last ``window_minutes`` equal :func:`recount_metrics` over the same rows,
+    both read in one snapshot (so it holds while workers keep writing)."""
+    window = validate_window(window_minutes)
+    dialect = store.database.dialect
+    lock_sql = "SELECT ts, outcome FROM lock_events WHERE ts >= :since"
+
+    def body(cur: Any, now: float) -> tuple[dict[str, float], dict[str, float]]:
+        since = now - window * 60.0
+        reported = raw_counts(cur, dialect, since)
+        events = [dict(zip(("ts", "kind", "reason"), r))
+                  for r in dialect.fetchall(cur, "SELECT ts, kind, reason FROM event_log ORDER BY id")]
+        locks = [dict(zip(("ts", "outcome"), r)) for r in dialect.fetchall(cur, lock_sql, {"since": since})]
+        return reported, recount_metrics(events, locks, since)
+
+    reported, recounted = store._read(body)
+    return compare_metrics(reported, recounted)

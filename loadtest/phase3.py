@@ -5,7 +5,8 @@
 master/worker mode over loopback), shows progress from the database while it
 runs, drains what the agents left, and checks the result:
 
-* the invariants of DESIGN.md on the run's own tasks (``leasestore.history``);
+* the invariants of DESIGN.md on the run's own tasks (``leasestore.history``),
+  and the seven metrics over the run's window against a recount of the log;
 * the load's own counts against the audit log: every successful claim,
   heartbeat and release locust recorded must have its ``lock_events`` row, and
   no row may be missing a request;
@@ -37,7 +38,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from leasestore import LeaseStore, errors
-from leasestore.history import HistoryReport, check_events
+from leasestore.history import HistoryReport, check_history, check_metrics
 from leasestore.metrics import MetricsReport, compute_metrics
 
 from . import names
@@ -262,6 +263,7 @@ def run_scenario(config: RunConfig, console: Console, *, exclusive: bool | None 
         window = (store.now() - started_at) / 60 + 1e-5
         metrics = compute_metrics(store, window)
         crosscheck = crosscheck_counts(stats, logged_by_locust_phase)
+        crosscheck += [str(v) for v in check_metrics(store, window)]  # invariant 5
         if exclusive:
             crosscheck += crosscheck_metrics(stats, metrics)
         result = RunResult(config, url, store.backend, queue, stats, drain, metrics, history,
@@ -384,23 +386,9 @@ def drain_queue(store: LeaseStore, queue: str, ttl: float) -> DrainReport:
 
 # --- verdict ------------------------------------------------------------------
 
-EVENT_COLUMNS = ("id", "ts", "task_id", "queue", "kind", "from_status", "to_status", "owner",
-                 "fencing_token", "attempt", "reason", "detail")
-
-
 def check_run(store: LeaseStore, queue: str) -> HistoryReport:
-    """The invariants on the run's own tasks (its queue), from one snapshot."""
-    dialect = store.database.dialect
-    events_sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM event_log WHERE queue = :queue ORDER BY id"
-    tasks_sql = "SELECT id, status FROM tasks WHERE queue = :queue"
-
-    def body(cur: Any, now: float) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        events = [dict(zip(EVENT_COLUMNS, r)) for r in dialect.fetchall(cur, events_sql, {"queue": queue})]
-        final = {str(r[0]): str(r[1]) for r in dialect.fetchall(cur, tasks_sql, {"queue": queue})}
-        return events, final
-
-    events, final = store._read(body)
-    return check_events(events, final, require_drained=True)
+    """Invariants 1-4 on the run's own tasks (its queue), from one snapshot."""
+    return check_history(store, queue=queue, require_drained=True)
 
 
 def _lock_outcomes(store: LeaseStore, queue: str) -> Counter[str]:

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
 
-from leasestore import LeaseStore
+from leasestore import NO_BACKOFF, LeaseStore, metrics
 from leasestore.history import (
     EVENT_PER_CHANGE,
     FENCING_MONOTONIC,
+    METRICS_MATCH_LOG,
     NOT_DRAINED,
     SINGLE_HOLDER,
     TERMINAL_ONCE,
     HistoryReport,
     check_events,
     check_history,
+    check_metrics,
+    compare_metrics,
+    recount_metrics,
 )
+from leasestore.metrics import compute_metrics
 
 
 class Log:
@@ -302,3 +308,83 @@ def test_the_checker_catches_a_store_that_reuses_fencing_tokens(store: LeaseStor
     report = check_history(store)
     [v] = report.violations
     assert v.invariant == FENCING_MONOTONIC and "fencing token 1, not above the earlier 1" in v.message
+
+
+# --- invariant 5: metrics equal the log -------------------------------------
+
+
+def busy_history(store: LeaseStore, rng_seed: int, prefix: str) -> None:
+    """Every kind of row the seven metrics count: retries, dead letters (requeued and
+    resolved too), takeovers, recoveries, duplicates and conflicts."""
+    import random
+
+    rng = random.Random(rng_seed)
+    for i in range(24):
+        store.enqueue("m", task_id=f"{prefix}{i}", max_attempts=2)
+    for step in range(60):
+        owner = f"agent-{rng.randrange(4)}"
+        result = store.claim_task("m", owner, ttl=rng.choice([0.1, 60]), additional=rng.random() < 0.7)
+        if result.lease is None:
+            continue
+        roll = rng.random()
+        if roll < 0.35:
+            store.release_task(result.lease, "failed", "boom")
+        elif roll < 0.6:
+            store.release_task(result.lease, "done")
+        elif roll < 0.7:
+            store.claim_task(task_id=result.lease.task_id, owner=owner, ttl=60)  # duplicate
+            store.claim_task(task_id=result.lease.task_id, owner="intruder", ttl=60)  # busy
+        if step % 15 == 14:
+            time.sleep(0.15)  # the 0.1 s leases expire: recovered or taken over
+            store.recover_stale()
+    letters = store.list_dead_letters()
+    for letter in letters[:2]:
+        store.requeue_dead_letter(letter.id)
+    for letter in letters[2:3]:
+        store.resolve_dead_letter(letter.id, "dropped")
+
+
+def test_metrics_equal_a_recount_of_the_log(db_url: str) -> None:
+    # Two minutes of history in the past, then the present: a one-minute window
+    # must count only the second part, a long one both.
+    past = LeaseStore(db_url, retry_policy=NO_BACKOFF, clock_offset=-120.0)
+    busy_history(past, 1, "old-")
+    past.close()
+    store = LeaseStore(db_url, retry_policy=NO_BACKOFF)
+    busy_history(store, 2, "new-")
+    recent = compute_metrics(store, 1)
+    whole = compute_metrics(store, 10)
+    assert whole["retryAttempts"].value > recent["retryAttempts"].value > 0
+    assert whole["lockExpired"].value > recent["lockExpired"].value > 0
+    assert recent["duplicateSuppressed"].value > 0 and recent["lockConflictEvents"].value > 0
+    assert check_metrics(store, 1) == [] and check_metrics(store, 10) == []
+    store.close()
+
+
+def test_a_wrong_metric_query_is_caught(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check is not vacuous: a metric query that forgets recoveries disagrees with the log."""
+    store = LeaseStore(sqlite_url, retry_policy=NO_BACKOFF)
+    busy_history(store, 3, "t-")
+    assert check_metrics(store, 60) == []
+    assert store.events(limit=1000) and any(e["kind"] == "recovered" for e in store.events(limit=1000))
+    mutant = metrics.EVENT_COUNTS.replace("'recovered'", "'no_such_kind'")
+    assert mutant != metrics.EVENT_COUNTS
+    monkeypatch.setattr(metrics, "EVENT_COUNTS", mutant)
+    violations = check_metrics(store, 60)
+    assert [v.invariant for v in violations] == [METRICS_MATCH_LOG]
+    assert violations[0].message.startswith("lockExpired is ")
+    store.close()
+
+
+def test_recount_follows_the_definitions() -> None:
+    events = [{"ts": 1, "kind": "dead_lettered", "reason": "retry_limit"},  # before the window
+              {"ts": 5, "kind": "dead_lettered", "reason": "lease_expired"},
+              {"ts": 6, "kind": "requeued", "reason": None},
+              {"ts": 7, "kind": "retry_scheduled", "reason": "failed"},
+              {"ts": 8, "kind": "taken_over", "reason": None},
+              {"ts": 9, "kind": "recovered", "reason": None}]
+    locks = [{"ts": 5, "outcome": o} for o in ("busy", "conflict", "duplicate", "recovered", "recover_failed")]
+    assert recount_metrics(events, locks, since=2) == {
+        "retryAttempts": 1, "retryLimitReached": 1, "lockExpired": 3, "duplicateSuppressed": 1,
+        "staleRecoveryFailureRate": 0.5, "deadLettersOpen": 1, "lockConflictEvents": 2}
+    assert compare_metrics({"retryAttempts": 2}, {"retryAttempts": 1})[0].invariant == METRICS_MATCH_LOG
