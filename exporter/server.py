@@ -6,8 +6,9 @@ needs TLS (``--tls-cert``/``--tls-key``) and basic auth (``--basic-auth-user``
 with the password in ``LEASESTORE_EXPORTER_PASSWORD`` or a file), or an
 explicit ``--insecure``: queue names and failure counts are not for public
 networks, and basic auth without TLS would send the password in clear.
-Default port 9464 sits outside the 9100-9999 range that public exporters
-have claimed.
+Default port 10464: the 9100-9999 block of Prometheus's port allocations is
+exhausted (new exporters register above 10000), and 9464, the first choice,
+is the OpenTelemetry Prometheus exporter's default.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from leasestore.metrics import DEFAULT_WINDOW_MINUTES
 from .collector import StoreCollector
 
 DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 9464
+DEFAULT_PORT = 10464
 PASSWORD_ENV = "LEASESTORE_EXPORTER_PASSWORD"
 
 LANDING_PAGE = b"""<!doctype html>

@@ -13,7 +13,7 @@ import yaml
 from leasestore.metrics import METRICS
 
 HERE = Path(__file__).parent
-INSTANCE = {"job": "leasestore", "instance": "localhost:9464"}
+INSTANCE = {"job": "leasestore", "instance": "localhost:10464"}
 SEED = {m.gauge: m.default_threshold for m in METRICS}  # the seed's default thresholds
 BREACH_FROM_MINUTE = 11
 
