@@ -50,7 +50,8 @@ FENCING_MONOTONIC = "fencing_monotonic"
 TERMINAL_ONCE = "terminal_once"
 EVENT_PER_CHANGE = "event_per_change"
 NOT_DRAINED = "not_drained"
-INVARIANTS = (SINGLE_HOLDER, FENCING_MONOTONIC, TERMINAL_ONCE, EVENT_PER_CHANGE, NOT_DRAINED)
+METRICS_MATCH_LOG = "metrics_match_log"  # invariant 5, checked by check_metrics
+INVARIANTS = (SINGLE_HOLDER, FENCING_MONOTONIC, TERMINAL_ONCE, EVENT_PER_CHANGE, NOT_DRAINED, METRICS_MATCH_LOG)
 
 TERMINAL = (TaskStatus.DONE.value, TaskStatus.DEAD.value)
 PAGE_SIZE = 5000
@@ -334,7 +335,6 @@ def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str
 
 # --- invariant 5: the metrics say what the log says ----------------------------
 
-METRICS_MATCH_LOG = "metrics_match_log"
 _K = EventKind
 _LOCK_RECOVERIES = (LockOutcome.RECOVERED.value, LockOutcome.RECOVER_DEAD_LETTERED.value)
 

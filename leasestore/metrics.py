@@ -291,7 +291,6 @@ class AppendOnlyCounter:
         if (table, columns) not in COUNTABLE:
             raise ValueError(f"unsupported grouping {table}{columns}")
         group = ", ".join(columns)
-        self._width = len(columns)
         self._first_unsettled_sql = f"SELECT MIN(id) FROM {table} WHERE id > :after AND ts > :cutoff"
         self._count_sql = (f"SELECT {group}, COUNT(*), MAX(id) FROM {table} "
                            f"WHERE id > :after AND id < :before GROUP BY {group}")

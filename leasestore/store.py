@@ -16,6 +16,7 @@ import secrets
 import uuid
 from pathlib import Path
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -173,8 +174,16 @@ class LeaseStore:
 
     def _write(self, body: Callable[[Any, float], T], *, retries: int = DISCONNECT_RETRIES) -> T:
         """Run ``body(cursor, now)`` in one write transaction."""
+        return self._transaction(self._d.write_transaction, body, retries)
+
+    def _read(self, body: Callable[[Any, float], T], *, retries: int = DISCONNECT_RETRIES) -> T:
+        """Run ``body(cursor, now)`` in one read transaction (repeatable, so retried like writes)."""
+        return self._transaction(self._d.read_transaction, body, retries)
+
+    def _transaction(self, begin: Callable[[Any], AbstractContextManager[Any]],
+                     body: Callable[[Any, float], T], retries: int) -> T:
         def transaction() -> T:
-            with self._db.connection() as conn, self._d.write_transaction(conn) as cur:
+            with self._db.connection() as conn, begin(conn) as cur:
                 return body(cur, self._d.now(cur))
 
         return self._retrying(transaction, retries)
@@ -199,14 +208,6 @@ class LeaseStore:
                 if attempt >= retries or type(exc) is not errors.StoreUnavailable:
                     raise
                 attempt += 1
-
-    def _read(self, body: Callable[[Any, float], T], *, retries: int = DISCONNECT_RETRIES) -> T:
-        """Run ``body(cursor, now)`` in one read transaction (repeatable, so retried like writes)."""
-        def transaction() -> T:
-            with self._db.connection() as conn, self._d.read_transaction(conn) as cur:
-                return body(cur, self._d.now(cur))
-
-        return self._retrying(transaction, retries)
 
     def now(self) -> float:
         """The database clock (epoch seconds) as the store sees it."""
