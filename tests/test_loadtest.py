@@ -59,7 +59,9 @@ def test_concurrency_command_drains_one_queue(db_url: str, tmp_path: Path, capsy
 
 
 def test_hot_task_ids_drive_lock_conflicts(db_url: str, tmp_path: Path) -> None:
-    result = phase3.run_concurrency(**SMALL, fail_rate=0.1, scenario="hot", hot_tasks=2,
+    # One hot id held 50 ms a step: the agents' runs overlap even when one
+    # process starts late on a loaded machine, so claims must collide.
+    result = phase3.run_concurrency(**SMALL, fail_rate=0.1, scenario="hot", hot_tasks=1, work_ms=50,
                                     report_dir=tmp_path, db_url=db_url, console=quiet())
     summary = result.as_dict()
     assert_report_holds_the_numbers(summary, tmp_path)
