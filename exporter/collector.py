@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from leasestore import EventKind, LeaseStore, LockOutcome
+from leasestore.db.driver import Step
 from leasestore.metrics import (
     METRICS,
     AppendOnlyCounter,
@@ -44,9 +45,9 @@ class StoreCollector(Collector):
         self._store: LeaseStore | None = None
         self._lock = threading.Lock()  # scrapes may arrive concurrently
         self._errors = 0
-        self._events = AppendOnlyCounter("event_log", ("kind",))
-        self._transitions = AppendOnlyCounter("event_log", ("queue", "from_status", "to_status"))
-        self._locks = AppendOnlyCounter("lock_events", ("outcome",))
+        self._events = AppendOnlyCounter("event_kind")
+        self._transitions = AppendOnlyCounter("event_transition")
+        self._locks = AppendOnlyCounter("lock_outcome")
 
     def describe(self) -> list[Metric]:
         # No describe at registration time: it would read the database.
@@ -93,15 +94,18 @@ class StoreCollector(Collector):
     def _read(self) -> list[Metric]:
         if self._store is None:
             self._store = LeaseStore(self._db, init=False)
-        store = self._store
-        dialect = store.database.dialect
+        db = self._store.database
+        d = db.driver
 
-        def body(cur: Any, now: float) -> tuple[dict[str, float], dict[str, Any], dict[str, int], dict[str, int]]:
-            tasks = tasks_by_queue_status(self._transitions.read(cur, dialect, now))
-            return (raw_counts(cur, dialect, now - self._window * 60.0), queue_snapshot(cur, dialect, now, tasks),
-                    _by_first(self._events.read(cur, dialect, now)), _by_first(self._locks.read(cur, dialect, now)))
+        def body(now: float) -> Step[tuple[dict[str, float], dict[str, Any], dict[str, int], dict[str, int]]]:
+            tasks = tasks_by_queue_status((yield from self._transitions.read(d, now)))
+            counts = yield from raw_counts(d, now - self._window * 60.0)
+            queues = yield from queue_snapshot(d, now, tasks)
+            events = _by_first((yield from self._events.read(d, now)))
+            locks = _by_first((yield from self._locks.read(d, now)))
+            return counts, queues, events, locks
 
-        counts, queues, events, locks = store._read(body)
+        counts, queues, events, locks = db.read(body)
         families: list[Metric] = [
             _gauge(m.gauge, m.help, float(counts[m.key])) for m in METRICS
         ]

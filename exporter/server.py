@@ -63,7 +63,7 @@ def build_registry(collector: StoreCollector) -> CollectorRegistry:
 
 def make_app(registry: CollectorRegistry) -> WSGIApp:
     """``/`` is the landing page, ``/metrics`` the exposition, anything else 404."""
-    metrics_app = make_wsgi_app(registry)
+    metrics_app: WSGIApp = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")

@@ -11,6 +11,7 @@ from .agent import LeaseContext, LeaseHandle
 from .errors import (
     ConfigurationError,
     DeadLetterNotFound,
+    DuplicateKey,
     InvalidArgument,
     InvalidTransition,
     LeaseLost,
@@ -25,13 +26,16 @@ from .errors import (
 )
 from .models import EventKind, LockOutcome, ReleaseOutcome, TaskStatus
 from .retry import NO_BACKOFF, RetryPolicy
-from .store import DEFAULT_LEASE_TTL, EnqueueResult, LeaseRef, LeaseStore
+from .store import DEFAULT_LEASE_TTL, LeaseStore
+from .aio import AsyncLeaseContext, AsyncLeaseHandle, AsyncLeaseStore
 from .types import (
     ClaimResult,
     ClaimStatus,
     DeadLetterInfo,
+    EnqueueResult,
     HeartbeatResult,
     Lease,
+    LeaseRef,
     RecoveryReport,
     ReleaseResult,
     ReleaseResultKind,
@@ -41,8 +45,8 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "ClaimResult", "ClaimStatus", "ConfigurationError",
-    "DeadLetterInfo", "DeadLetterNotFound", "EnqueueResult", "EventKind", "HeartbeatResult",
+    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore", "ClaimResult", "ClaimStatus", "ConfigurationError",
+    "DeadLetterInfo", "DeadLetterNotFound", "DuplicateKey", "EnqueueResult", "EventKind", "HeartbeatResult",
     "InvalidArgument", "InvalidTransition", "Lease", "LeaseContext", "LeaseHandle", "LeaseLost",
     "LeaseRef", "LeaseStore", "LeaseStoreError", "LockOutcome", "RecoveryReport", "ReleaseOutcome",
     "ReleaseResult", "ReleaseResultKind", "RetryPolicy", "SchemaNotInitialized", "StaleLeaseToken",

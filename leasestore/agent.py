@@ -1,4 +1,4 @@
-"""The agent's context manager: claim, heartbeat in the background, release.
+"""The agent's context manager, blocking face: claim, heartbeat on a thread, release.
 
     with store.lease("emails", owner="agent-7", ttl=30) as job:
         if job is None:
@@ -12,6 +12,10 @@ On normal exit the task is released ``done``; on an exception ``failed`` with
 the exception's text. If the lease is lost meanwhile, ``job.lost`` is set,
 ``job.lost_reason`` says why, and leaving the block raises :class:`LeaseLost`
 (the work may also have been done by the new holder).
+
+Leaving the block waits for an in-flight heartbeat at most as long as the lease
+could still be valid; a heartbeat stuck on a dead network is left behind (its
+thread is a daemon, and its socket gives up after the connection's TCP limits).
 """
 
 from __future__ import annotations
@@ -20,79 +24,86 @@ import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import errors
+from .heartbeat import LeaseDeadline, failure_text, interval_for
 from .models import ReleaseOutcome
-from .types import ClaimResult, Lease
-
-if TYPE_CHECKING:
-    from .store import LeaseStore
+from .types import ClaimResult, HeartbeatResult, Lease, LeaseLike, ReleaseResult
 
 log = logging.getLogger("leasestore.heartbeat.thread")
 
-# Renew at a third of the TTL, as etcd's client does: two renewals can fail
-# before the lease runs out.
-HEARTBEAT_FRACTION = 1 / 3
-# Stop trusting the lease this long before its local deadline.
-SAFETY_MARGIN_FRACTION = 0.1
+
+class LeaseOps(Protocol):
+    """What the context manager needs of a blocking store."""
+
+    def claim_task(self, queue: str | None = ..., owner: str = ..., *, task_id: str | None = ...,
+                   ttl: float | None = ..., additional: bool = ...) -> ClaimResult: ...
+
+    def heartbeat(self, lease: LeaseLike, *, ttl: float | None = ..., checkpoint: Any = ...) -> HeartbeatResult: ...
+
+    def release_task(self, lease: LeaseLike, outcome: ReleaseOutcome | str = ..., error: Any = ..., *,
+                     retry_in: float | None = ...) -> ReleaseResult: ...
 
 
 class LeaseHandle:
     """A held lease plus what the background heartbeat learned about it."""
 
-    def __init__(self, store: LeaseStore, lease: Lease, claim: ClaimResult, sent_at: float) -> None:
+    def __init__(self, store: LeaseOps, lease: Lease, claim: ClaimResult, sent_at: float) -> None:
         self._store = store
         self.lease = lease
         self.claim = claim
         self.lost = threading.Event()
-        self.lost_reason: str | None = None
+        self._view = LeaseDeadline(lease, sent_at)
         self._lock = threading.Lock()
-        # Client-side fencing: the deadline starts when the request was sent,
-        # so it can only be earlier than the store's.
-        self._deadline = sent_at + lease.ttl
 
     @property
     def fencing_token(self) -> int:
         return self.lease.fencing_token
 
     @property
+    def lost_reason(self) -> str | None:
+        return self._view.lost_reason
+
+    @property
     def deadline(self) -> float:
         """``time.monotonic()`` after which the lease must be presumed gone."""
-        return self._deadline
+        return self._view.deadline
 
     def held(self) -> bool:
-        margin = self.lease.ttl * SAFETY_MARGIN_FRACTION
-        return not self.lost.is_set() and time.monotonic() < self._deadline - margin
+        return not self.lost.is_set() and self._view.trusted()
 
     def ensure_held(self) -> None:
         """Raise :class:`LeaseLost` if the lease is gone or about to run out."""
         if self.lost.is_set():
-            raise errors.LeaseLost(self.lease.task_id, self.lost_reason or "lost", self.fencing_token)
-        if not self.held():
-            self._mark_lost("deadline")
-            raise errors.LeaseLost(self.lease.task_id, "deadline", self.fencing_token)
+            raise self._view.error()
+        if not self._view.trusted():
+            self.mark_lost("deadline")
+            raise self._view.error("deadline")
 
-    def heartbeat(self, checkpoint: Any = None, *, store_checkpoint: bool = False) -> None:
+    def heartbeat(self, checkpoint: Any = None, *, store_checkpoint: bool = False) -> HeartbeatResult:
         sent_at = time.monotonic()
         kwargs: dict[str, Any] = {"checkpoint": checkpoint} if store_checkpoint else {}
         try:
             result = self._store.heartbeat(self.lease, **kwargs)
         except errors.LeaseLost as exc:
-            self._mark_lost(exc.reason)
+            self.mark_lost(exc.reason)
             raise
         with self._lock:
-            self._deadline = max(self._deadline, sent_at + self.lease.ttl)
-        del result
+            self._view.renewed(sent_at)
+        return result
 
-    def checkpoint(self, data: Any) -> None:
+    def checkpoint(self, data: Any) -> HeartbeatResult:
         """Store progress now; the next attempt's lease carries it."""
-        self.heartbeat(data, store_checkpoint=True)
+        return self.heartbeat(data, store_checkpoint=True)
 
-    def _mark_lost(self, reason: str) -> None:
+    def mark_lost(self, reason: str) -> None:
         if not self.lost.is_set():
-            self.lost_reason = reason
+            self._view.lost_reason = reason
             self.lost.set()
+
+    def remaining(self) -> float:
+        return self._view.remaining()
 
 
 def _heartbeat_loop(ref: weakref.ref[LeaseHandle], stop: threading.Event, interval: float) -> None:
@@ -108,8 +119,8 @@ def _heartbeat_loop(ref: weakref.ref[LeaseHandle], stop: threading.Event, interv
             return
         except errors.StoreUnavailable as exc:
             log.warning("heartbeat for %s failed, will retry: %s", handle.lease.task_id, exc)
-            if time.monotonic() >= handle.deadline:
-                handle._mark_lost("unreachable")
+            if handle.remaining() <= 0:
+                handle.mark_lost("unreachable")
                 return
         finally:
             del handle
@@ -118,17 +129,9 @@ def _heartbeat_loop(ref: weakref.ref[LeaseHandle], stop: threading.Event, interv
 class LeaseContext:
     """Claims on enter, heartbeats in a thread, releases on exit."""
 
-    def __init__(
-        self,
-        store: LeaseStore,
-        queue: str,
-        owner: str,
-        *,
-        ttl: float | None = None,
-        task_id: str | None = None,
-        additional: bool = False,
-        heartbeat_interval: float | None = None,
-    ) -> None:
+    def __init__(self, store: LeaseOps, queue: str, owner: str, *, ttl: float | None = None,
+                 task_id: str | None = None, additional: bool = False,
+                 heartbeat_interval: float | None = None) -> None:
         self._store = store
         self._queue = queue
         self._owner = owner
@@ -148,33 +151,34 @@ class LeaseContext:
             return None
         handle = LeaseHandle(self._store, claim.lease, claim, sent_at)
         self._handle = handle
-        interval = self._interval or claim.lease.ttl * HEARTBEAT_FRACTION
         self._thread = threading.Thread(
-            target=_heartbeat_loop, args=(weakref.ref(handle), self._stop, interval),
+            target=_heartbeat_loop,
+            args=(weakref.ref(handle), self._stop, interval_for(claim.lease.ttl, self._interval)),
             name=f"leasestore-heartbeat-{claim.lease.task_id}", daemon=True)
         self._thread.start()
         return handle
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         handle = self._handle
         if handle is None:
-            return False
+            return
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            # An in-flight heartbeat is waited for only while the lease could
+            # still be valid; after that its answer no longer matters.
+            self._thread.join(timeout=handle.remaining())
+            if self._thread.is_alive() and handle.remaining() <= 0:
+                handle.mark_lost("unreachable")
         if handle.lost.is_set():
             if exc is None:
-                raise errors.LeaseLost(handle.lease.task_id, handle.lost_reason or "lost",
-                                       handle.fencing_token)
-            return False
+                raise errors.LeaseLost(handle.lease.task_id, handle.lost_reason or "lost", handle.fencing_token)
+            return
         try:
             if exc is None:
                 self._store.release_task(handle.lease, ReleaseOutcome.DONE)
             else:
-                self._store.release_task(handle.lease, ReleaseOutcome.FAILED,
-                                         f"{type(exc).__name__}: {exc}")
+                self._store.release_task(handle.lease, ReleaseOutcome.FAILED, failure_text(exc))
         except errors.LeaseLost as lost:
-            handle._mark_lost(lost.reason)
+            handle.mark_lost(lost.reason)
             if exc is None:
                 raise
-        return False

@@ -21,7 +21,8 @@ from rich.table import Table
 from . import errors
 from .metrics import DEFAULT_WINDOW_MINUTES, MetricsReport, compute_metrics, record_alerts
 from .models import ReleaseOutcome
-from .store import DEFAULT_LEASE_TTL, LeaseRef, LeaseStore
+from .store import DEFAULT_LEASE_TTL, LeaseStore
+from .types import LeaseRef
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="A lease store for AI agents: claim, heartbeat, release, recover.")

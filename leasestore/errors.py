@@ -11,6 +11,7 @@ the default message, so callers can print ``str(exc)`` as one clear line::
     ├── InvalidTransition           e.g. requeueing a task that is not dead-lettered
     ├── LeaseLost                   token stale, lease expired, taken over, released, revoked
     │   └── StaleLeaseToken         the token does not match the task's current lease
+    ├── DuplicateKey                a concurrent write inserted the same key first
     ├── SchemaNotInitialized        run ``leasestore init-db``
     └── StoreUnavailable            the database could not be reached or written (retryable)
         ├── StoreBusy               SQLite write lock not obtained within busy_timeout
@@ -107,3 +108,7 @@ class StoreReadOnly(StoreUnavailable):
 
 class StoreFull(StoreUnavailable):
     """The database or its disk is full."""
+
+
+class DuplicateKey(LeaseStoreError):
+    """A row with that key already exists (e.g. two enqueues raced on one task id)."""

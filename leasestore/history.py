@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .db.driver import Step
 from .metrics import raw_counts, validate_window
 from .models import EventKind, LockOutcome, TaskStatus
 
@@ -284,43 +285,33 @@ def check_events(
                          unfinished=unfinished, violations=checker.violations)
 
 
-EVENT_COLUMNS = ("id", "ts", "task_id", "queue", "kind", "from_status", "to_status", "owner",
-                 "fencing_token", "attempt", "reason", "detail")
-
-
-def _paged_sql(table: str, columns: str, queue: str | None) -> str:
-    where = "id > :after" + (" AND queue = :queue" if queue is not None else "")
-    return f"SELECT {columns} FROM {table} WHERE {where} ORDER BY id LIMIT :limit"
-
-
-def _paged(fetch: Any, sql: str, first: Any, page_size: int, params: dict[str, Any]) -> Iterable[Sequence[Any]]:
-    after = first
-    while True:
-        page = fetch(sql, dict(params, after=after, limit=page_size))
-        yield from page
-        if len(page) < page_size:
-            return
-        after = page[-1][0]
-
-
 def read_snapshot(store: LeaseStore, *, queue: str | None = None,
                   page_size: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """The ``event_log`` in id order and every task's status (of one queue, if
     given), read in pages inside one read transaction, so both come from the
     same snapshot even while workers go on writing."""
-    params = {} if queue is None else {"queue": queue}
-    events_sql = _paged_sql("event_log", ", ".join(EVENT_COLUMNS), queue)
-    tasks_sql = _paged_sql("tasks", "id, status", queue)
+    d = store.database.driver
 
-    def body(cur: Any, now: float) -> tuple[list[dict[str, Any]], dict[str, str]]:
-        def fetch(sql: str, p: dict[str, Any]) -> list[Sequence[Any]]:
-            return store.database.dialect.fetchall(cur, sql, p)
-
-        events = [dict(zip(EVENT_COLUMNS, r)) for r in _paged(fetch, events_sql, 0, page_size, params)]
-        final = {str(r[0]): str(r[1]) for r in _paged(fetch, tasks_sql, "", page_size, params)}
+    def body(now: float) -> Step[tuple[list[dict[str, Any]], dict[str, str]]]:
+        events: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = yield from d.events_page(queue, after, page_size)
+            events.extend(e.as_dict() for e in page)
+            if len(page) < page_size:
+                break
+            after = page[-1].id
+        final: dict[str, str] = {}
+        last = ""
+        while True:
+            statuses = yield from d.task_status_page(queue, last, page_size)
+            final.update(statuses)
+            if len(statuses) < page_size:
+                break
+            last = statuses[-1][0]
         return events, final
 
-    return store._read(body)
+    return store.database.read(body)
 
 
 def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str | None = None) -> HistoryReport:
@@ -391,16 +382,15 @@ def check_metrics(store: LeaseStore, window_minutes: float) -> list[Violation]:
     last ``window_minutes`` equal :func:`recount_metrics` over the same rows,
     both read in one snapshot (so it holds while workers keep writing)."""
     window = validate_window(window_minutes)
-    dialect = store.database.dialect
-    lock_sql = "SELECT ts, outcome FROM lock_events WHERE ts >= :since"
+    d = store.database.driver
 
-    def body(cur: Any, now: float) -> tuple[dict[str, float], dict[str, float]]:
+    def body(now: float) -> Step[tuple[dict[str, float], dict[str, float]]]:
         since = now - window * 60.0
-        reported = raw_counts(cur, dialect, since)
-        events = [dict(zip(("ts", "kind", "reason"), r))
-                  for r in dialect.fetchall(cur, "SELECT ts, kind, reason FROM event_log ORDER BY id")]
-        locks = [dict(zip(("ts", "outcome"), r)) for r in dialect.fetchall(cur, lock_sql, {"since": since})]
+        reported = yield from raw_counts(d, since)
+        events = [{"ts": ts, "kind": kind, "reason": reason}
+                  for ts, kind, reason in (yield from d.event_kinds_in_order())]
+        locks = [{"ts": ts, "outcome": outcome} for ts, outcome in (yield from d.lock_outcomes_since(since))]
         return reported, recount_metrics(events, locks, since)
 
-    reported, recounted = store._read(body)
+    reported, recounted = store.database.read(body)
     return compare_metrics(reported, recounted)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .db import queries as q
+from .db.driver import Driver, Step
+from .db.engine import Op
+from .db.queries import Grouping
 from .models import EventKind, LockOutcome
 from .settings import read_threshold
 
@@ -68,21 +70,6 @@ METRICS: tuple[MetricDefinition, ...] = (
 
 BY_KEY = {m.key: m for m in METRICS}
 
-_EVENT_KINDS = (EventKind.RETRY_SCHEDULED, EventKind.DEAD_LETTERED, EventKind.TAKEN_OVER, EventKind.RECOVERED)
-_LOCK_OUTCOMES = (LockOutcome.DUPLICATE, LockOutcome.BUSY, LockOutcome.CONFLICT, LockOutcome.RECOVERED,
-                  LockOutcome.RECOVER_DEAD_LETTERED, LockOutcome.RECOVER_FAILED)
-
-EVENT_COUNTS = (
-    "SELECT kind, reason, COUNT(*) FROM event_log WHERE ts >= :since AND kind IN ("
-    + ", ".join(f"'{k.value}'" for k in _EVENT_KINDS) + ") GROUP BY kind, reason"
-)
-LOCK_COUNTS = (
-    "SELECT outcome, COUNT(*) FROM lock_events WHERE ts >= :since AND outcome IN ("
-    + ", ".join(f"'{o.value}'" for o in _LOCK_OUTCOMES) + ") GROUP BY outcome"
-)
-OPEN_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letters WHERE status = 'open'"
-
-
 @dataclass(frozen=True)
 class MetricValue:
     definition: MetricDefinition
@@ -132,13 +119,13 @@ def validate_window(window_minutes: Any) -> float:
     return window
 
 
-def raw_counts(cur: Any, dialect: Any, since: float) -> dict[str, float]:
-    """The seven values from the audit tables, in one read snapshot."""
+def raw_counts(d: Driver, since: float) -> Step[dict[str, float]]:
+    """The seven values from the audit tables (run it inside one read snapshot)."""
     events: dict[tuple[str, str | None], int] = {}
-    for kind, reason, count in dialect.fetchall(cur, EVENT_COUNTS, {"since": since}):
-        events[(kind, reason)] = int(count)
-    locks = {outcome: int(count) for outcome, count in dialect.fetchall(cur, LOCK_COUNTS, {"since": since})}
-    open_dead = int(dialect.fetchone(cur, OPEN_DEAD_LETTERS)[0])
+    for kind, reason, count in (yield from d.windowed_event_counts(since)):
+        events[(kind, reason)] = count
+    locks = dict((yield from d.windowed_lock_counts(since)))
+    open_dead = yield from d.open_dead_letter_count()
 
     def kind_total(kind: EventKind) -> int:
         return sum(n for (k, _r), n in events.items() if k == kind.value)
@@ -160,20 +147,25 @@ def raw_counts(cur: Any, dialect: Any, since: float) -> dict[str, float]:
     }
 
 
+def metrics_op(d: Driver, window_minutes: float, env: Mapping[str, str] | None = None) -> Op[MetricsReport]:
+    """The seven metrics over the last ``window_minutes`` (database clock), as an
+    operation either face runs."""
+    window = validate_window(window_minutes)
+    thresholds = {m.key: m.threshold(env) for m in METRICS}
+
+    def body(now: float) -> Step[MetricsReport]:
+        counts = yield from raw_counts(d, now - window * 60.0)
+        values = tuple(MetricValue(m, float(counts[m.key]), thresholds[m.key]) for m in METRICS)
+        return MetricsReport(window, now, values, int(counts["_staleRecoveries"]),
+                             int(counts["_staleRecoveryFailures"]))
+
+    return lambda: d.read(body)
+
+
 def compute_metrics(store: LeaseStore, window_minutes: float = DEFAULT_WINDOW_MINUTES,
                     env: Mapping[str, str] | None = None) -> MetricsReport:
     """Compute the seven metrics over the last ``window_minutes`` (database clock)."""
-    window = validate_window(window_minutes)
-    thresholds = {m.key: m.threshold(env) for m in METRICS}
-    dialect = store.database.dialect
-
-    def body(cur: Any, now: float) -> tuple[float, dict[str, float]]:
-        return now, raw_counts(cur, dialect, now - window * 60.0)
-
-    now, counts = store._read(body)
-    values = tuple(MetricValue(m, float(counts[m.key]), thresholds[m.key]) for m in METRICS)
-    return MetricsReport(window, now, values, int(counts["_staleRecoveries"]),
-                         int(counts["_staleRecoveryFailures"]))
+    return store.database.run(metrics_op(store.database.driver, window_minutes, env))
 
 
 def record_alerts(store: LeaseStore, report: MetricsReport) -> int:
@@ -181,15 +173,15 @@ def record_alerts(store: LeaseStore, report: MetricsReport) -> int:
     breached = [v for v in report.values if v.alert]
     if not breached:
         return 0
+    d = store.database.driver
 
-    def body(cur: Any, now: float) -> int:
+    def body(now: float) -> Step[int]:
         for value in breached:
-            store.database.dialect.execute(cur, q.INSERT_ALERT, {
-                "now": now, "metric": value.definition.key, "value": value.value,
-                "threshold": value.threshold, "window_minutes": report.window_minutes})
+            yield from d.insert_alert(now, value.definition.key, value.value, value.threshold,
+                                      report.window_minutes)
         return len(breached)
 
-    return store._write(body)
+    return store.database.write(body)
 
 
 # --- what operators need beside the seven (exporter) ------------------------
@@ -197,14 +189,6 @@ def record_alerts(store: LeaseStore, report: MetricsReport) -> int:
 MAX_QUEUE_LABELS = 50
 OTHER_QUEUES = "other"
 KNOWN_STATUSES = ("pending", "leased", "done", "dead")
-
-LEASES_BY_QUEUE = (
-    "SELECT queue, COUNT(*), MIN(leased_at) FROM tasks WHERE status = 'leased' GROUP BY queue"
-)
-READY_PENDING_BY_QUEUE = (
-    "SELECT queue, MIN(available_at) FROM tasks WHERE status = 'pending' AND available_at <= :now GROUP BY queue"
-)
-
 
 @dataclass(frozen=True)
 class QueueSnapshot:
@@ -234,13 +218,13 @@ def tasks_by_queue_status(transitions: Mapping[tuple[str, ...], int]) -> dict[st
     return counts
 
 
-def queue_snapshot(cur: Any, dialect: Any, now: float, counts: Mapping[str, Mapping[str, int]],
-                   max_queues: int = MAX_QUEUE_LABELS) -> dict[str, QueueSnapshot]:
+def queue_snapshot(d: Driver, now: float, counts: Mapping[str, Mapping[str, int]],
+                   max_queues: int = MAX_QUEUE_LABELS) -> Step[dict[str, QueueSnapshot]]:
     """Per-queue task counts (``counts``, see :func:`tasks_by_queue_status`) and lease
     ages, the busiest ``max_queues`` queues by name and the rest folded into
     ``other`` (labels must stay bounded)."""
-    leases = {q: (int(n), float(oldest)) for q, n, oldest in dialect.fetchall(cur, LEASES_BY_QUEUE)}
-    pending = {q: float(oldest) for q, oldest in dialect.fetchall(cur, READY_PENDING_BY_QUEUE, {"now": now})}
+    leases = {q: (n, oldest) for q, n, oldest in (yield from d.leases_by_queue())}
+    pending = dict((yield from d.ready_pending_by_queue(now)))
     ranked = sorted(counts, key=lambda q: (-sum(counts[q].values()), q))
     keep = set(ranked[:max_queues])
 
@@ -276,39 +260,22 @@ def queue_snapshot(cur: Any, dialect: Any, now: float, counts: Mapping[str, Mapp
 SETTLE_SECONDS = 30.0
 
 
-# Which groupings may be counted: the SQL is built from these names.
-COUNTABLE = {
-    ("event_log", ("kind",)),
-    ("event_log", ("queue", "from_status", "to_status")),
-    ("lock_events", ("outcome",)),
-}
-
-
 class AppendOnlyCounter:
-    """Totals by ``columns`` over an append-only table, cheap at millions of rows."""
+    """Totals by one grouping over an append-only table, cheap at millions of rows."""
 
-    def __init__(self, table: str, columns: tuple[str, ...]) -> None:
-        if (table, columns) not in COUNTABLE:
-            raise ValueError(f"unsupported grouping {table}{columns}")
-        group = ", ".join(columns)
-        self._first_unsettled_sql = f"SELECT MIN(id) FROM {table} WHERE id > :after AND ts > :cutoff"
-        self._count_sql = (f"SELECT {group}, COUNT(*), MAX(id) FROM {table} "
-                           f"WHERE id > :after AND id < :before GROUP BY {group}")
+    def __init__(self, grouping: Grouping) -> None:
+        self._grouping: Grouping = grouping
         self._settled: dict[tuple[Any, ...], int] = {}
         self._watermark = 0
 
-    def read(self, cur: Any, dialect: Any, now: float) -> dict[tuple[Any, ...], int]:
-        row = dialect.fetchone(cur, self._first_unsettled_sql,
-                               {"after": self._watermark, "cutoff": now - SETTLE_SECONDS})
-        unsettled_from = int(row[0]) if row and row[0] is not None else None
+    def read(self, d: Driver, now: float) -> Step[dict[tuple[Any, ...], int]]:
+        unsettled_from = yield from d.first_unsettled_id(self._grouping, self._watermark, now - SETTLE_SECONDS)
         settle_before = unsettled_from if unsettled_from is not None else 2**62
-        for *key, count, max_id in dialect.fetchall(cur, self._count_sql,
-                                                    {"after": self._watermark, "before": settle_before}):
+        for *key, count, max_id in (yield from d.grouped_counts(self._grouping, self._watermark, settle_before)):
             self._settled[tuple(key)] = self._settled.get(tuple(key), 0) + int(count)
             self._watermark = max(self._watermark, int(max_id))
         totals = dict(self._settled)
         if unsettled_from is not None:
-            for *key, count, _ in dialect.fetchall(cur, self._count_sql,
-                                                   {"after": unsettled_from - 1, "before": 2**62}):
+            for *key, count, _ in (yield from d.grouped_counts(self._grouping, unsettled_from - 1, 2**62)):
                 totals[tuple(key)] = totals.get(tuple(key), 0) + int(count)
         return totals

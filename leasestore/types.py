@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class ClaimStatus(StrEnum):
@@ -30,6 +30,34 @@ class Lease:
     payload: Any = None
     checkpoint: Any = None
     took_over: bool = False
+
+
+class LeaseLike(Protocol):
+    """Anything naming a lease: a :class:`Lease` or a :class:`LeaseRef`."""
+
+    @property
+    def task_id(self) -> str: ...
+
+    @property
+    def token(self) -> str: ...
+
+    @property
+    def fencing_token(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class LeaseRef:
+    """A lease known only by id, token and fencing token (e.g. from the CLI)."""
+
+    task_id: str
+    token: str = field(repr=False)
+    fencing_token: int
+
+
+@dataclass(frozen=True)
+class EnqueueResult:
+    task_id: str
+    created: bool
 
 
 @dataclass(frozen=True)

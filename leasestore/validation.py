@@ -40,10 +40,10 @@ def optional_name(value: Any, what: str) -> str | None:
 def seconds(value: Any, what: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidArgument(f"{what} must be a number of seconds")
-    value = float(value)
-    if not math.isfinite(value) or not low <= value <= high:
+    number = float(value)
+    if not math.isfinite(number) or not low <= number <= high:
         raise InvalidArgument(f"{what} must be between {low:g} and {high:g} seconds")
-    return value
+    return number
 
 
 def ttl(value: Any) -> float:
@@ -65,6 +65,12 @@ def max_attempts(value: Any) -> int:
 def positive_int(value: Any, what: str, high: int = 1_000_000) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
         raise InvalidArgument(f"{what} must be an integer between 1 and {high}")
+    return value
+
+
+def non_negative_int(value: Any, what: str, high: int = 2**62) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
+        raise InvalidArgument(f"{what} must be an integer between 0 and {high}")
     return value
 
 

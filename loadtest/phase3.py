@@ -392,10 +392,8 @@ def check_run(store: LeaseStore, queue: str) -> HistoryReport:
 
 
 def _lock_outcomes(store: LeaseStore, queue: str) -> Counter[str]:
-    dialect = store.database.dialect
-    sql = "SELECT outcome, COUNT(*) FROM lock_events WHERE queue = :queue GROUP BY outcome"
-    rows = store._read(lambda cur, now: dialect.fetchall(cur, sql, {"queue": queue}))
-    return Counter({str(outcome): int(count) for outcome, count in rows})
+    d = store.database.driver
+    return Counter(dict(store.database.read(lambda now: d.lock_outcome_counts(queue))))
 
 
 def crosscheck_counts(stats: LocustStats, logged: Counter[str]) -> list[str]:

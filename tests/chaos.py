@@ -177,14 +177,8 @@ class Sweeper(threading.Thread):
 
 def snapshot(store: LeaseStore) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, for before/after comparisons."""
-    def body(cur: Any, now: float) -> dict[str, list[tuple[Any, ...]]]:
-        out: dict[str, list[tuple[Any, ...]]] = {}
-        for table in TABLES:
-            rows = store.database.dialect.fetchall(cur, f"SELECT * FROM {table}")
-            out[table] = sorted((tuple(r) for r in rows), key=repr)
-        return out
-
-    return store._read(body)
+    return {table: sorted((tuple(r) for r in store.database.query(f"SELECT * FROM {table}")), key=repr)
+            for table in TABLES}
 
 
 def sqlite_integrity(path: str) -> str:

@@ -155,7 +155,4 @@ def test_installed_script_uses_orch_db_path(tmp_path: Path) -> None:
 def _row_counts(store: LeaseStore) -> tuple[int, ...]:
     tables = ("tasks", "event_log", "lock_events", "dead_letters", "alerts")
 
-    def body(cur, now):
-        return tuple(int(store.database.dialect.fetchone(cur, f"SELECT COUNT(*) FROM {t}")[0]) for t in tables)
-
-    return store._read(body)
+    return tuple(int(store.database.query(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in tables)

@@ -148,7 +148,7 @@ def test_faults_sigkill_storm(db_url: str, tmp_path: Path) -> None:
 def lock_conflicts(store: LeaseStore, task_id: str) -> list[dict[str, Any]]:
     sql = ("SELECT op, outcome, owner, fencing_token, detail FROM lock_events "
            "WHERE task_id = :id AND outcome = 'conflict' ORDER BY id")
-    rows = store._read(lambda cur, now: store.database.dialect.fetchall(cur, sql, {"id": task_id}))
+    rows = store.database.query(sql, {"id": task_id})
     return [dict(zip(("op", "outcome", "owner", "fencing_token", "detail"), r)) for r in rows]
 
 

@@ -83,17 +83,13 @@ def test_stalled_agents_leave_work_for_recovery(db_url: str, tmp_path: Path) -> 
 def forge_claim_on_a_done_task(store: LeaseStore, queue: str) -> None:
     """Append a claim row for a finished task with a reused fencing token: the
     log now says a done task was leased again (the triggers allow INSERT)."""
-    dialect = store.database.dialect
-
-    def body(cur: Any, now: float) -> None:
-        task_id, fence = dialect.fetchone(
-            cur, "SELECT id, fencing_token FROM tasks WHERE queue = :queue AND status = 'done' ORDER BY id LIMIT 1",
-            {"queue": queue})
-        dialect.execute(cur, "INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, "
-                             "fencing_token, attempt) VALUES (:now, :id, :queue, 'claimed', 'pending', 'leased', "
-                             "'forger', :fence, 1)", {"now": now, "id": task_id, "queue": queue, "fence": fence})
-
-    store._write(body)
+    task_id, fence = store.database.query(
+        "SELECT id, fencing_token FROM tasks WHERE queue = :queue AND status = 'done' ORDER BY id LIMIT 1",
+        {"queue": queue})[0]
+    store.database.query("INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, "
+                         "fencing_token, attempt) VALUES (:now, :id, :queue, 'claimed', 'pending', 'leased', "
+                         "'forger', :fence, 1) RETURNING id",
+                         {"now": store.now(), "id": task_id, "queue": queue, "fence": fence})
 
 
 def test_a_broken_invariant_makes_the_command_exit_non_zero(sqlite_url: str, tmp_path: Path,

@@ -16,7 +16,7 @@ from chaos import snapshot
 from leasestore import InvalidArgument, LeaseLost, LeaseRef, LeaseStore, StaleLeaseToken
 from leasestore.cli import main as cli_main
 from leasestore.metrics import compute_metrics
-from leasestore.store import hash_token
+from leasestore.ops.common import hash_token
 
 
 def _conflicts(store: LeaseStore) -> int:

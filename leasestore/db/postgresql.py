@@ -12,44 +12,26 @@ Time is the server's ``clock_timestamp()``, so hosts with skewed clocks agree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from sqlalchemy.engine import URL
 
 from .. import errors
-from .dialect import Dialect
+from . import queries as q
+from .driver import ClaimNextKind, ClaimNextRow, ClaimParams, Driver, ExtendParams, Fetch, ReleaseParams, Step, Stmt
+from .rows import CandidateRow, ExpiredRow, ExtendRow, LeaseRow, PendingRow, ReleaseRow, TaskRow
 
 NOW = "SELECT extract(epoch from clock_timestamp())::float8 + %(offset)s"
 
-SELECT_NEXT_PENDING = """
-SELECT id, fencing_token FROM tasks
-WHERE queue = %(queue)s AND status = 'pending' AND available_at <= %(now)s
-ORDER BY available_at, created_at LIMIT 1
-FOR UPDATE SKIP LOCKED
-"""
-
-SELECT_EXPIRED_CANDIDATE = """
-SELECT id, owner, fencing_token, lease_expires_at FROM tasks
-WHERE queue = %(queue)s AND status = 'leased' AND lease_expires_at <= %(now)s
-  AND attempts < max_attempts
-ORDER BY lease_expires_at LIMIT 1
-FOR UPDATE SKIP LOCKED
-"""
-
-SELECT_TASK_FOR_UPDATE = """
-SELECT id, queue, status, attempts, max_attempts, owner, fencing_token, lease_expires_at,
-       available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at
-FROM tasks WHERE id = %(id)s FOR UPDATE
-"""
-
-SELECT_EXPIRED_BATCH = """
-SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at FROM tasks
-WHERE status = 'leased' AND lease_expires_at <= %(now)s
-ORDER BY lease_expires_at LIMIT %(limit)s
-FOR UPDATE SKIP LOCKED
-"""
+# The shared selects, each locking its row; claimers and sweepers skip rows
+# another transaction holds.
+SELECT_NEXT_PENDING = q.to_pyformat(q.SELECT_NEXT_PENDING) + "FOR UPDATE SKIP LOCKED"
+SELECT_EXPIRED_CANDIDATE = q.to_pyformat(q.SELECT_EXPIRED_CANDIDATE) + "FOR UPDATE SKIP LOCKED"
+SELECT_EXPIRED_BATCH = q.to_pyformat(q.SELECT_EXPIRED_BATCH) + "FOR UPDATE SKIP LOCKED"
+SELECT_TASK_FOR_UPDATE = q.to_pyformat(q.SELECT_TASK) + " FOR UPDATE"
+LOCK_SCHEMA = "SELECT pg_advisory_xact_lock(%(key)s)"
 
 APPEND_ONLY_DDL = [
     """CREATE OR REPLACE FUNCTION leasestore_event_log_append_only() RETURNS trigger
@@ -69,40 +51,66 @@ APPEND_ONLY_DDL = [
 _SCHEMA_LOCK_KEY = 0x1EA5E5
 
 
-class PostgresDialect(Dialect):
+class PostgresDriver(Driver):
+    """Row locks with ``SKIP LOCKED``; claim, heartbeat and release in one statement."""
+
     name = "postgresql"
-    paramstyle_named = False
-    begin_write = "BEGIN"
-    begin_read = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-    driver_error = psycopg.Error
+    named_params = False
+    begin_write_sql = "BEGIN"
+    begin_read_sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
-    def now(self, cur: Any) -> float:
-        cur.execute(NOW, {"offset": self.clock.offset})
-        return float(cur.fetchone()[0])
+    def now(self) -> Step[float]:
+        row = yield Stmt(NOW, {"offset": self._offset()}, Fetch.ONE)
+        return float(row[0])
 
-    def select_next_pending(self, cur: Any, queue: str, now: float) -> Sequence[Any] | None:
-        cur.execute(SELECT_NEXT_PENDING, {"queue": queue, "now": now})
-        return cur.fetchone()
+    def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
+        row = yield Stmt(SELECT_NEXT_PENDING, {"queue": queue, "now": now}, Fetch.ONE)
+        return PendingRow.from_row(row) if row is not None else None
 
-    def select_expired_candidate(self, cur: Any, queue: str, now: float) -> Sequence[Any] | None:
-        cur.execute(SELECT_EXPIRED_CANDIDATE, {"queue": queue, "now": now})
-        return cur.fetchone()
+    def expired_candidate(self, queue: str, now: float) -> Step[CandidateRow | None]:
+        row = yield Stmt(SELECT_EXPIRED_CANDIDATE, {"queue": queue, "now": now}, Fetch.ONE)
+        return CandidateRow.from_row(row) if row is not None else None
 
-    def select_task_for_update(self, cur: Any, task_id: str) -> Sequence[Any] | None:
-        cur.execute(SELECT_TASK_FOR_UPDATE, {"id": task_id})
-        return cur.fetchone()
+    def task_for_update(self, task_id: str) -> Step[TaskRow | None]:
+        row = yield Stmt(SELECT_TASK_FOR_UPDATE, {"id": task_id}, Fetch.ONE)
+        return TaskRow.from_row(row) if row is not None else None
 
-    def select_expired_batch(self, cur: Any, now: float, limit: int) -> list[Sequence[Any]]:
-        cur.execute(SELECT_EXPIRED_BATCH, {"now": now, "limit": limit})
-        return list(cur.fetchall())
+    def expired_batch(self, now: float, limit: int) -> Step[list[ExpiredRow]]:
+        rows = yield Stmt(SELECT_EXPIRED_BATCH, {"now": now, "limit": limit}, Fetch.ALL)
+        return [ExpiredRow.from_row(r) for r in rows]
+
+    def claim_next(self, p: ClaimParams) -> Step[ClaimNextRow]:
+        row = yield Stmt(CLAIM_NEXT, {"offset": self._offset(), "queue": p.queue, "owner": p.owner,
+                                      "token_hash": p.token_hash, "ttl": p.ttl, "resume": p.resume},
+                         Fetch.ONE)
+        if row is None:
+            return ClaimNextRow(ClaimNextKind.NONE)
+        if row[0] != "claimed":
+            return ClaimNextRow(ClaimNextKind(row[0]), task_id=str(row[1]))
+        lease = LeaseRow.from_row(row[1:])
+        return ClaimNextRow(ClaimNextKind.ACQUIRED, lease=lease, task_id=lease.task_id)
+
+    def extend(self, p: ExtendParams) -> Step[ExtendRow | None]:
+        row = yield Stmt(HEARTBEAT, {"offset": self._offset(), "id": p.task_id, "token_hash": p.token_hash,
+                                     "fence": p.fence, "ttl": p.ttl, "checkpoint": p.checkpoint,
+                                     "checkpointing": p.checkpointing}, Fetch.ONE)
+        return ExtendRow.from_row(row) if row is not None else None
+
+    def release(self, p: ReleaseParams) -> Step[ReleaseRow | None]:
+        row = yield Stmt(RELEASE, {"offset": self._offset(), "id": p.task_id, "token_hash": p.token_hash,
+                                   "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
+                                   "error": p.error, "kind": p.event_kind, "reason": p.event_reason,
+                                   "attempt": p.attempt, "lock_detail": p.lock_outcome_detail,
+                                   "dead_letter_reason": p.dead_letter_reason}, Fetch.ONE)
+        return ReleaseRow.from_row(row) if row is not None else None
 
     def schema_extras(self) -> list[str]:
         return list(APPEND_ONLY_DDL)
 
-    def lock_schema(self, cur: Any) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": _SCHEMA_LOCK_KEY})
+    def lock_schema(self) -> Step[None]:
+        yield Stmt(LOCK_SCHEMA, {"key": _SCHEMA_LOCK_KEY}, Fetch.ONE)
 
-    def translate_error(self, exc: BaseException) -> Exception | None:
+    def translate_error(self, exc: BaseException) -> errors.LeaseStoreError | None:
         if not isinstance(exc, psycopg.Error):
             return None
         if isinstance(exc, pg_errors.UndefinedTable):
@@ -111,39 +119,16 @@ class PostgresDialect(Dialect):
             return errors.StoreReadOnly(f"database is read-only: {_first_line(exc)}")
         if isinstance(exc, (pg_errors.DiskFull, pg_errors.OutOfMemory)):
             return errors.StoreFull(f"database is full: {_first_line(exc)}")
-        if isinstance(
-            exc,
-            (
-                pg_errors.LockNotAvailable,
-                pg_errors.DeadlockDetected,
-                pg_errors.SerializationFailure,
-                pg_errors.QueryCanceled,
-            ),
-        ):
+        if isinstance(exc, (pg_errors.LockNotAvailable, pg_errors.DeadlockDetected,
+                            pg_errors.SerializationFailure, pg_errors.QueryCanceled)):
             return errors.StoreBusy(f"database busy: {_first_line(exc)}")
         if isinstance(exc, pg_errors.InsufficientPrivilege) and "append-only" in str(exc):
             return errors.InvalidTransition("event_log is append-only")
+        if isinstance(exc, pg_errors.UniqueViolation):
+            return errors.DuplicateKey(f"duplicate key: {_first_line(exc)}")
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             return errors.StoreUnavailable(f"PostgreSQL unavailable: {_first_line(exc)}")
         return None
-
-    supports_fused = True
-
-    def claim_next_fused(self, cur: Any, params: dict[str, Any]) -> tuple[str, Sequence[Any]] | None:
-        """One statement: resume check, SKIP LOCKED pick, update and both audit rows."""
-        cur.execute(CLAIM_NEXT, dict(params, offset=self.clock.offset))
-        row = cur.fetchone()
-        return None if row is None else (row[0], row[1:])
-
-    def release_fused(self, cur: Any, params: dict[str, Any]) -> Sequence[Any] | None:
-        """One statement: the fenced update and both audit rows (done or retry only)."""
-        cur.execute(RELEASE, dict(params, offset=self.clock.offset))
-        return cur.fetchone()
-
-    def heartbeat_fused(self, cur: Any, params: dict[str, Any]) -> Sequence[Any] | None:
-        """One statement: the fenced extension, its lock row and the checkpoint's event."""
-        cur.execute(HEARTBEAT, dict(params, offset=self.clock.offset))
-        return cur.fetchone()
 
     def is_disconnect(self, exc: BaseException) -> bool:
         if isinstance(exc, (pg_errors.AdminShutdown, pg_errors.CrashShutdown)):
@@ -180,6 +165,13 @@ picked AS (
   ORDER BY t.available_at, t.created_at LIMIT 1
   FOR UPDATE OF t SKIP LOCKED
 ),
+expired AS (
+  SELECT t.id FROM tasks t, clock
+  WHERE t.queue = %(queue)s AND t.status = 'leased' AND t.lease_expires_at <= clock.now
+    AND t.attempts < t.max_attempts
+    AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM picked)
+  LIMIT 1
+),
 upd AS (
   UPDATE tasks t SET status = 'leased', owner = %(owner)s, lease_token_hash = %(token_hash)s,
          fencing_token = t.fencing_token + 1, attempts = t.attempts + 1,
@@ -201,8 +193,11 @@ SELECT 'claimed', id, queue, owner, fencing_token, lease_expires_at, attempts, m
        payload, checkpoint FROM upd
 UNION ALL
 SELECT 'mine', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM mine
+UNION ALL
+SELECT 'expired', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM expired
 """
 
+# A dead-lettering release also opens its dead letter; the event's detail names it.
 RELEASE = f"""
 WITH {_CLOCK},
 upd AS (
@@ -213,22 +208,28 @@ upd AS (
     AND t.status = 'leased' AND t.lease_expires_at > clock.now
   RETURNING t.queue, t.owner, t.available_at, clock.now AS now
 ),
+dl AS (
+  INSERT INTO dead_letters (task_id, queue, reason, attempts, last_error, status, created_at)
+  SELECT %(id)s, queue, %(dead_letter_reason)s::text, %(attempt)s, %(error)s, 'open', now FROM upd
+  WHERE %(dead_letter_reason)s::text IS NOT NULL
+  RETURNING id
+),
 ev AS (
   INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token,
                          attempt, reason, detail)
   SELECT now, %(id)s, queue, %(kind)s::text, 'leased', %(to_status)s::text, owner, %(fence)s, %(attempt)s,
          %(reason)s,
          CASE WHEN %(kind)s::text = 'retry_scheduled'
-              THEN '{{"retry_at":' || available_at::text || '}}' END
+              THEN '{{"retry_at":' || available_at::text || '}}'
+              WHEN %(dead_letter_reason)s::text IS NOT NULL
+              THEN '{{"dead_letter_id":' || (SELECT id FROM dl)::text || '}}' END
   FROM upd
 ),
 lk AS (
   INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token, detail)
-  SELECT now, %(id)s, queue, owner, 'release', 'released', %(fence)s,
-         '{{"outcome":"' || %(kind)s::text || '"}}'
-  FROM upd
+  SELECT now, %(id)s, queue, owner, 'release', 'released', %(fence)s, %(lock_detail)s FROM upd
 )
-SELECT queue, owner, available_at FROM upd
+SELECT queue, owner, available_at, (SELECT id FROM dl) FROM upd
 """
 
 # ``%(checkpointing)s`` false leaves the stored checkpoint as it is and writes no event.
@@ -251,5 +252,46 @@ lk AS (
   INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
   SELECT now, %(id)s, queue, owner, 'heartbeat', 'extended', fencing_token FROM upd
 )
-SELECT fencing_token, lease_expires_at FROM upd
+SELECT queue, owner, fencing_token, lease_expires_at FROM upd
 """
+
+
+# --- connections ----------------------------------------------------------------
+# Socket and server limits keep every call bounded on a dead network: a write
+# unacknowledged for TCP_USER_TIMEOUT fails, an idle socket is probed every few
+# seconds, and no statement runs past STATEMENT_TIMEOUT.
+CONNECT_TIMEOUT = 5
+TCP_USER_TIMEOUT_MS = 10_000
+KEEPALIVES_IDLE = 5
+KEEPALIVES_INTERVAL = 2
+KEEPALIVES_COUNT = 3
+STATEMENT_TIMEOUT_MS = 30_000
+# A process paused inside a transaction keeps its row locks until this ends its session.
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 10_000
+
+
+def connect_kwargs(url: URL) -> tuple[str, dict[str, Any]]:
+    """(conninfo, psycopg connect keywords) for a ``postgresql+psycopg://`` URL.
+
+    Options given in the URL (e.g. a ``search_path``) are kept beside ours; a
+    value the URL sets itself wins over the defaults here."""
+    options = url.query.get("options", "")
+    if isinstance(options, tuple):
+        options = " ".join(options)
+    ours = (f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+            f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}")
+    kwargs: dict[str, Any] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "options": f"{ours} {options}".strip(),
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE,
+        "keepalives_interval": KEEPALIVES_INTERVAL,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+        "application_name": "leasestore",
+    }
+    for key in list(kwargs):
+        if key != "options" and key in url.query:
+            del kwargs[key]  # the operator's setting wins
+    plain = url.set(drivername="postgresql").difference_update_query(["options"])
+    return plain.render_as_string(hide_password=False), kwargs

@@ -1,21 +1,28 @@
-"""Dialect-neutral SQL, written with ``:name`` parameters.
+"""Every statement both backends share, named once, with ``:name`` parameters.
 
 ``sqlite3`` takes ``:name`` as is; :func:`to_pyformat` rewrites a statement for
-psycopg. Statements whose text must differ by dialect live in ``sqlite.py`` and
-``postgresql.py`` under the same names. ``:now`` is always the database clock,
-read once per transaction (see ``Dialect.now``).
+psycopg (once per statement, see ``Driver.text``). Statements one backend runs
+its own way live in ``sqlite.py`` or ``postgresql.py``. ``:now`` is always the
+database clock as the step read it (see ``Driver.now``).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
+
+from ..models import EventKind, LockOutcome
 
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 
 
 def to_pyformat(sql: str) -> str:
     """``:name`` → ``%(name)s``, leaving ``::casts`` alone."""
-    return _PARAM.sub(r"%(\1)s", sql)
+    return _PARAM.sub(r"%(\1)s", sql.replace("%", "%%"))
+
+
+def _in(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
 
 
 LEASE_COLUMNS = (
@@ -26,6 +33,13 @@ TASK_COLUMNS = (
     "id, queue, status, attempts, max_attempts, owner, fencing_token, lease_expires_at, "
     "available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at"
 )
+
+EVENT_COLUMNS = ("id, ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, "
+                 "attempt, reason, detail")
+
+DEAD_LETTER_COLUMNS = "id, task_id, queue, reason, attempts, last_error, status, created_at"
+
+# --- enqueue ------------------------------------------------------------------
 
 INSERT_TASK = """
 INSERT INTO tasks (id, queue, payload, status, attempts, max_attempts, fencing_token,
@@ -38,10 +52,25 @@ SELECT_BY_DEDUPE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE queue = :queue AND d
 
 SELECT_TASK = f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = :id"
 
+# --- claims ---------------------------------------------------------------------
+
 SELECT_OWN_LEASE = """
 SELECT id FROM tasks
 WHERE owner = :owner AND queue = :queue AND status = 'leased' AND lease_expires_at > :now
 ORDER BY leased_at LIMIT 1
+"""
+
+SELECT_NEXT_PENDING = """
+SELECT id, fencing_token FROM tasks
+WHERE queue = :queue AND status = 'pending' AND available_at <= :now
+ORDER BY available_at, created_at LIMIT 1
+"""
+
+SELECT_EXPIRED_CANDIDATE = """
+SELECT id, owner, fencing_token, lease_expires_at FROM tasks
+WHERE queue = :queue AND status = 'leased' AND lease_expires_at <= :now
+  AND attempts < max_attempts
+ORDER BY lease_expires_at LIMIT 1
 """
 
 # The same owner claiming again gets its lease back with a fresh secret: the
@@ -63,39 +92,33 @@ WHERE id = :id AND fencing_token = :fence AND status = :from_status
 RETURNING {LEASE_COLUMNS}
 """
 
-HEARTBEAT = """
-UPDATE tasks SET lease_expires_at = :now + :ttl, updated_at = :now
-WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence
-  AND status = 'leased' AND lease_expires_at > :now
-RETURNING queue, owner, fencing_token, lease_expires_at
-"""
-
-HEARTBEAT_CHECKPOINT = """
-UPDATE tasks SET lease_expires_at = :now + :ttl, updated_at = :now, checkpoint = :checkpoint
-WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence
-  AND status = 'leased' AND lease_expires_at > :now
-RETURNING queue, owner, fencing_token, lease_expires_at
-"""
-
+# --- holder writes ----------------------------------------------------------------
 # Every write by a holder names its token hash and fencing token and requires
 # an unexpired lease in the same statement: a holder whose lease ended changes nothing.
-# ``owner`` is kept as the last holder (RETURNING shows the new row, and
-# operators want to know who finished a task).
+
+EXTEND = """
+UPDATE tasks SET lease_expires_at = :now + :ttl, updated_at = :now,
+       checkpoint = CASE WHEN :checkpointing THEN :checkpoint ELSE checkpoint END
+WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence
+  AND status = 'leased' AND lease_expires_at > :now
+RETURNING queue, owner, fencing_token, lease_expires_at
+"""
+
+# ``owner`` is kept as the last holder: operators want to know who finished a task.
 RELEASE = """
 UPDATE tasks SET status = :to_status, lease_token_hash = NULL,
-       lease_expires_at = NULL, available_at = :available_at, last_error = :error,
+       lease_expires_at = NULL, available_at = :now + :delay, last_error = :error,
        updated_at = :now
 WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence
   AND status = 'leased' AND lease_expires_at > :now
-RETURNING queue, owner, attempts, max_attempts
+RETURNING queue, owner, available_at
 """
 
-# Ends a lease regardless of its token: used by recovery and by operators.
-END_LEASE = """
-UPDATE tasks SET status = :to_status, owner = NULL, lease_token_hash = NULL,
-       lease_expires_at = NULL, available_at = :available_at, last_error = :error,
-       updated_at = :now
-WHERE id = :id AND fencing_token = :fence AND status = 'leased'
+SELECT_ATTEMPTS = "SELECT attempts, max_attempts FROM tasks WHERE id = :id"
+
+SELECT_LEASE_STATE = """
+SELECT queue, status, fencing_token, lease_token_hash, lease_expires_at, owner
+FROM tasks WHERE id = :id
 """
 
 LEASE_END_EVENT = """
@@ -104,6 +127,23 @@ WHERE task_id = :id AND fencing_token >= :fence
   AND kind IN ('taken_over', 'released', 'retry_scheduled', 'dead_lettered', 'recovered', 'revoked')
 ORDER BY id LIMIT 1
 """
+
+# --- ending leases without their token: recovery and operators ------------------------
+
+SELECT_EXPIRED_BATCH = """
+SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at FROM tasks
+WHERE status = 'leased' AND lease_expires_at <= :now
+ORDER BY lease_expires_at LIMIT :limit
+"""
+
+END_LEASE = """
+UPDATE tasks SET status = :to_status, owner = NULL, lease_token_hash = NULL,
+       lease_expires_at = NULL, available_at = :available_at, last_error = :error,
+       updated_at = :now
+WHERE id = :id AND fencing_token = :fence AND status = 'leased'
+"""
+
+# --- audit rows ---------------------------------------------------------------------
 
 INSERT_EVENT = """
 INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner,
@@ -117,15 +157,20 @@ INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token, 
 VALUES (:now, :id, :queue, :owner, :op, :outcome, :fence, :detail)
 """
 
+# --- dead letters ------------------------------------------------------------------------
+
 INSERT_DEAD_LETTER = """
 INSERT INTO dead_letters (task_id, queue, reason, attempts, last_error, status, created_at)
 VALUES (:id, :queue, :reason, :attempts, :error, 'open', :now)
 RETURNING id
 """
 
-SELECT_OPEN_DEAD_LETTER = """
-SELECT id, task_id, queue, reason, attempts, last_error, status, created_at
-FROM dead_letters WHERE id = :dead_letter_id AND status = 'open'
+SELECT_OPEN_DEAD_LETTER = f"""
+SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = :dead_letter_id AND status = 'open'
+"""
+
+SELECT_DEAD_LETTERS = f"""
+SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE status = :status ORDER BY id LIMIT :limit
 """
 
 CLOSE_DEAD_LETTER = """
@@ -139,13 +184,118 @@ UPDATE tasks SET status = 'pending', attempts = 0, available_at = :now, updated_
 WHERE id = :id AND status = 'dead'
 """
 
-SELECT_EXPIRED_BATCH = """
-SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at FROM tasks
-WHERE status = 'leased' AND lease_expires_at <= :now
-ORDER BY lease_expires_at LIMIT :limit
+# --- reads ----------------------------------------------------------------------------------
+# ``CAST(:x AS TEXT) IS NULL`` makes a filter optional; the cast gives PostgreSQL
+# a type for a NULL parameter.
+
+SELECT_TASKS = f"""
+SELECT {TASK_COLUMNS} FROM tasks
+WHERE (CAST(:queue AS TEXT) IS NULL OR queue = :queue)
+  AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+ORDER BY created_at, id LIMIT :limit
 """
+
+COUNT_TASKS_BY_QUEUE_STATUS = (
+    "SELECT queue, status, COUNT(*) FROM tasks GROUP BY queue, status ORDER BY queue, status"
+)
+
+SELECT_ACTIVE_LEASES = """
+SELECT id, queue, owner, fencing_token, attempts, leased_at, lease_expires_at FROM tasks
+WHERE status = 'leased' ORDER BY leased_at LIMIT :limit
+"""
+
+SELECT_EVENTS_AFTER = f"""
+SELECT {EVENT_COLUMNS} FROM event_log
+WHERE id > :after AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+ORDER BY id ASC LIMIT :limit
+"""
+
+SELECT_EVENTS_NEWEST = f"""
+SELECT {EVENT_COLUMNS} FROM event_log
+WHERE id > :after AND (CAST(:task_id AS TEXT) IS NULL OR task_id = :task_id)
+ORDER BY id DESC LIMIT :limit
+"""
+
+SELECT_EVENT_PAGE = f"""
+SELECT {EVENT_COLUMNS} FROM event_log
+WHERE id > :after AND (CAST(:queue AS TEXT) IS NULL OR queue = :queue)
+ORDER BY id LIMIT :limit
+"""
+
+SELECT_TASK_STATUS_PAGE = """
+SELECT id, status FROM tasks
+WHERE id > :after AND (CAST(:queue AS TEXT) IS NULL OR queue = :queue)
+ORDER BY id LIMIT :limit
+"""
+
+COUNT_LOCK_OUTCOMES = """
+SELECT outcome, COUNT(*) FROM lock_events
+WHERE CAST(:queue AS TEXT) IS NULL OR queue = :queue GROUP BY outcome
+"""
+
+# --- the seven metrics ----------------------------------------------------------------------
+
+METRIC_EVENT_KINDS = (EventKind.RETRY_SCHEDULED.value, EventKind.DEAD_LETTERED.value,
+                      EventKind.TAKEN_OVER.value, EventKind.RECOVERED.value)
+METRIC_LOCK_OUTCOMES = (LockOutcome.DUPLICATE.value, LockOutcome.BUSY.value, LockOutcome.CONFLICT.value,
+                        LockOutcome.RECOVERED.value, LockOutcome.RECOVER_DEAD_LETTERED.value,
+                        LockOutcome.RECOVER_FAILED.value)
+
+COUNT_METRIC_EVENTS_SINCE = f"""
+SELECT kind, reason, COUNT(*) FROM event_log
+WHERE ts >= :since AND kind IN ({_in(METRIC_EVENT_KINDS)}) GROUP BY kind, reason
+"""
+
+COUNT_METRIC_LOCK_EVENTS_SINCE = f"""
+SELECT outcome, COUNT(*) FROM lock_events
+WHERE ts >= :since AND outcome IN ({_in(METRIC_LOCK_OUTCOMES)}) GROUP BY outcome
+"""
+
+COUNT_OPEN_DEAD_LETTERS = "SELECT COUNT(*) FROM dead_letters WHERE status = 'open'"
+
+SELECT_EVENT_KINDS = "SELECT ts, kind, reason FROM event_log ORDER BY id"
+
+SELECT_LOCK_OUTCOMES_SINCE = "SELECT ts, outcome FROM lock_events WHERE ts >= :since"
 
 INSERT_ALERT = """
 INSERT INTO alerts (ts, metric, value, threshold, window_minutes)
 VALUES (:now, :metric, :value, :threshold, :window_minutes)
 """
+
+# --- what the exporter serves beside the seven -------------------------------------------------
+
+LEASES_BY_QUEUE = (
+    "SELECT queue, COUNT(*), MIN(leased_at) FROM tasks WHERE status = 'leased' GROUP BY queue"
+)
+
+READY_PENDING_BY_QUEUE = """
+SELECT queue, MIN(available_at) FROM tasks
+WHERE status = 'pending' AND available_at <= :now GROUP BY queue
+"""
+
+# Totals over the append-only tables, counted once behind a watermark (see
+# ``metrics.AppendOnlyCounter``): one pair of statements per grouping.
+Grouping = Literal["event_kind", "event_transition", "lock_outcome"]
+
+_GROUPINGS: dict[Grouping, tuple[str, str]] = {
+    "event_kind": ("event_log", "kind"),
+    "event_transition": ("event_log", "queue, from_status, to_status"),
+    "lock_outcome": ("lock_events", "outcome"),
+}
+
+FIRST_UNSETTLED: dict[Grouping, str] = {
+    name: f"SELECT MIN(id) FROM {table} WHERE id > :after AND ts > :cutoff"
+    for name, (table, _group) in _GROUPINGS.items()
+}
+
+GROUPED_COUNTS: dict[Grouping, str] = {
+    name: (f"SELECT {group}, COUNT(*), MAX(id) FROM {table} "
+           f"WHERE id > :after AND id < :before GROUP BY {group}")
+    for name, (table, group) in _GROUPINGS.items()
+}
+
+# --- schema ------------------------------------------------------------------------------------
+
+SELECT_SCHEMA_VERSION = "SELECT value FROM leasestore_meta WHERE key = 'schema_version'"
+INSERT_SCHEMA_VERSION = "INSERT INTO leasestore_meta (key, value) VALUES ('schema_version', :v)"
+UPDATE_SCHEMA_VERSION = "UPDATE leasestore_meta SET value = :v WHERE key = 'schema_version'"

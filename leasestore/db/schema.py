@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlmodel import SQLModel
 
 from .. import errors, models
-from .engine import Database
+from .driver import Step
+from .engine import Database, fetch
 
 REQUIRED_TABLES = ("tasks", "event_log", "lock_events", "dead_letters", "alerts", "leasestore_meta")
+
+
+def _run_on(cur: Any, step: Step[Any]) -> Any:
+    """Drive a schema step on the DDL connection's own cursor (no pool, no gate:
+    the schema transaction is the only writer it needs to exclude)."""
+    try:
+        stmt = next(step)
+        while True:
+            cur.execute(stmt.sql, stmt.params)
+            stmt = step.send(fetch(cur, stmt.fetch))
+    except StopIteration as stop:
+        return stop.value
 
 
 def init_db(db: Database) -> int:
@@ -16,61 +31,43 @@ def init_db(db: Database) -> int:
     Safe to run twice and from several processes at once.
     """
     tables = [SQLModel.metadata.tables[name] for name in REQUIRED_TABLES]
+    driver = db.driver
     with db.engine.connect() as conn:
-        driver_cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cur = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             # The engine runs in autocommit; BEGIN makes the whole upgrade atomic
             # (both SQLite and PostgreSQL have transactional DDL).
-            driver_cur.execute("BEGIN IMMEDIATE" if db.dialect.name == "sqlite" else "BEGIN")
-            db.dialect.lock_schema(driver_cur)
+            _run_on(cur, driver.begin_write())
+            _run_on(cur, driver.lock_schema())
             SQLModel.metadata.create_all(conn, tables=tables, checkfirst=True)
-            for statement in db.dialect.schema_extras():
-                driver_cur.execute(statement)
-            stored = _stored_version(driver_cur, db)
+            for statement in driver.schema_extras():
+                cur.execute(statement)
+            stored = _run_on(cur, driver.stored_schema_version())
             if stored is not None and stored > models.SCHEMA_VERSION:
                 raise errors.ConfigurationError(
                     f"database schema version {stored} is newer than this leasestore "
                     f"({models.SCHEMA_VERSION}); upgrade leasestore"
                 )
-            if stored is None:
-                driver_cur.execute(
-                    db.dialect.sql(
-                        "INSERT INTO leasestore_meta (key, value) VALUES ('schema_version', :v)"
-                    ),
-                    {"v": str(models.SCHEMA_VERSION)},
-                )
-            elif stored < models.SCHEMA_VERSION:
-                driver_cur.execute(
-                    db.dialect.sql(
-                        "UPDATE leasestore_meta SET value = :v WHERE key = 'schema_version'"
-                    ),
-                    {"v": str(models.SCHEMA_VERSION)},
-                )
-            driver_cur.execute("COMMIT")
+            if stored is None or stored < models.SCHEMA_VERSION:
+                _run_on(cur, driver.store_schema_version(models.SCHEMA_VERSION, update=stored is not None))
+            _run_on(cur, driver.commit())
         except BaseException as exc:
             try:
-                driver_cur.execute("ROLLBACK")
+                cur.execute("ROLLBACK")
             except Exception:
                 pass
-            typed = db.dialect.translate_error(exc)
+            typed = driver.translate_error(exc)
             if typed is not None:
                 raise typed from exc
             raise
     return models.SCHEMA_VERSION
 
 
-def _stored_version(cur: object, db: Database) -> int | None:
-    cur.execute("SELECT value FROM leasestore_meta WHERE key = 'schema_version'")  # type: ignore[attr-defined]
-    row = cur.fetchone()  # type: ignore[attr-defined]
-    return int(row[0]) if row else None
-
-
 def schema_version(db: Database) -> int | None:
     """The stored schema version, or None when the database has no schema."""
     try:
-        with db.connection() as conn, db.dialect.read_transaction(conn) as cur:
-            cur.execute("SELECT value FROM leasestore_meta WHERE key = 'schema_version'")
-            row = cur.fetchone()
-            return int(row[0]) if row else None
+        return db.read(lambda now: db.driver.stored_schema_version())
     except errors.SchemaNotInitialized:
         return None
+
+

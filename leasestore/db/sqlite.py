@@ -19,35 +19,20 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from contextlib import contextmanager
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 
 from .. import errors
-from .dialect import Clock, Dialect
+from . import audit
+from ..models import LockOutcome, TaskStatus
+from . import queries as q
+from .driver import ClaimNextKind, ClaimNextRow, ClaimParams, Driver, ExtendParams, ReleaseParams, Step
+from .rows import ExtendRow, ReleaseRow
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
 
 _GATE_POLL_SECONDS = 0.0005
-
-SELECT_NEXT_PENDING = """
-SELECT id, fencing_token FROM tasks
-WHERE queue = :queue AND status = 'pending' AND available_at <= :now
-ORDER BY available_at, created_at LIMIT 1
-"""
-
-SELECT_EXPIRED_CANDIDATE = """
-SELECT id, owner, fencing_token, lease_expires_at FROM tasks
-WHERE queue = :queue AND status = 'leased' AND lease_expires_at <= :now
-  AND attempts < max_attempts
-ORDER BY lease_expires_at LIMIT 1
-"""
-
-SELECT_EXPIRED_BATCH = """
-SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at FROM tasks
-WHERE status = 'leased' AND lease_expires_at <= :now
-ORDER BY lease_expires_at LIMIT :limit
-"""
 
 APPEND_ONLY_TRIGGERS = [
     """CREATE TRIGGER IF NOT EXISTS event_log_no_update BEFORE UPDATE ON event_log
@@ -112,48 +97,88 @@ class WriteGate:
             self._thread_lock.release()
 
 
-class SqliteDialect(Dialect):
-    name = "sqlite"
-    paramstyle_named = True
-    begin_write = "BEGIN IMMEDIATE"  # take the write lock up front: no SQLITE_BUSY_SNAPSHOT later
-    begin_read = "BEGIN"
-    driver_error = sqlite3.Error
+class SqliteDriver(Driver):
+    """One writer at a time: each write is a short ``BEGIN IMMEDIATE`` transaction
+    behind the :class:`WriteGate`, so nothing needs row locks."""
 
-    def __init__(self, clock: Clock, gate: WriteGate | None) -> None:
-        super().__init__(clock)
+    name = "sqlite"
+    named_params = True
+    begin_write_sql = "BEGIN IMMEDIATE"  # the write lock up front: no SQLITE_BUSY_SNAPSHOT later
+    begin_read_sql = "BEGIN"
+
+    def __init__(self, clock_offset: Callable[[], float], gate: WriteGate | None) -> None:
+        super().__init__(clock_offset)
         self.gate = gate
 
-    @contextmanager
-    def write_transaction(self, conn: Any) -> Iterator[Any]:
-        if self.gate is None:
-            with super().write_transaction(conn) as cur:
-                yield cur
-            return
-        with self.gate.hold(), super().write_transaction(conn) as cur:
-            yield cur
+    def write_gate(self) -> AbstractContextManager[None]:
+        return self.gate.hold() if self.gate is not None else nullcontext()
 
-    def now(self, cur: Any) -> float:
-        return time.time() + self.clock.offset
+    def now(self) -> Step[float]:
+        # No server: every process on the host shares this clock, and WAL does
+        # not work across hosts anyway.
+        return time.time() + self._offset()
+        yield  # pragma: no cover - makes this a step that yields nothing
 
-    def select_next_pending(self, cur: Any, queue: str, now: float) -> Sequence[Any] | None:
-        return self.fetchone(cur, SELECT_NEXT_PENDING, {"queue": queue, "now": now})
+    def claim_next(self, p: ClaimParams) -> Step[ClaimNextRow]:
+        yield from self.begin_write()
+        now = yield from self.now()
+        if p.resume:
+            own = yield from self.own_lease(p.owner, p.queue, now)
+            if own is not None:
+                yield from self.commit()
+                return ClaimNextRow(ClaimNextKind.MINE, task_id=own)
+        pending = yield from self.next_pending(p.queue, now)
+        if pending is None:
+            expired = yield from self.expired_candidate(p.queue, now)
+            yield from self.commit()
+            return ClaimNextRow(ClaimNextKind.NONE if expired is None else ClaimNextKind.EXPIRED)
+        lease = yield from self.acquire(now, pending.task_id, pending.fencing_token, TaskStatus.PENDING,
+                                        p.owner, p.token_hash, p.ttl)
+        assert lease is not None, "the write lock is held: the row cannot change"
+        yield from self.insert_event(now, audit.claimed(lease, TaskStatus.PENDING))
+        yield from self.insert_lock_event(now, audit.claim_outcome(lease, LockOutcome.ACQUIRED))
+        yield from self.commit()
+        return ClaimNextRow(ClaimNextKind.ACQUIRED, lease=lease, task_id=lease.task_id)
 
-    def select_expired_candidate(self, cur: Any, queue: str, now: float) -> Sequence[Any] | None:
-        return self.fetchone(cur, SELECT_EXPIRED_CANDIDATE, {"queue": queue, "now": now})
+    def extend(self, p: ExtendParams) -> Step[ExtendRow | None]:
+        yield from self.begin_write()
+        now = yield from self.now()
+        row = yield from self.one(q.EXTEND, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
+                                             "fence": p.fence, "ttl": p.ttl, "checkpoint": p.checkpoint,
+                                             "checkpointing": p.checkpointing})
+        if row is None:
+            yield from self.commit()
+            return None
+        extended = ExtendRow.from_row(row)
+        yield from self.insert_lock_event(now, audit.extended(p.task_id, extended))
+        if p.checkpointing:
+            yield from self.insert_event(now, audit.checkpointed(p.task_id, extended))
+        yield from self.commit()
+        return extended
 
-    def select_task_for_update(self, cur: Any, task_id: str) -> Sequence[Any] | None:
-        # BEGIN IMMEDIATE already excludes every other writer.
-        from .queries import SELECT_TASK
-
-        return self.fetchone(cur, SELECT_TASK, {"id": task_id})
-
-    def select_expired_batch(self, cur: Any, now: float, limit: int) -> list[Sequence[Any]]:
-        return self.fetchall(cur, SELECT_EXPIRED_BATCH, {"now": now, "limit": limit})
+    def release(self, p: ReleaseParams) -> Step[ReleaseRow | None]:
+        yield from self.begin_write()
+        now = yield from self.now()
+        row = yield from self.one(q.RELEASE, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
+                                              "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
+                                              "error": p.error})
+        if row is None:
+            yield from self.commit()
+            return None
+        released = ReleaseRow.from_row(row)
+        if p.dead_letter_reason is not None:
+            dead_letter_id = yield from self.insert_dead_letter(now, p.task_id, released.queue,
+                                                                p.dead_letter_reason, p.attempt, p.error)
+            released = replace(released, dead_letter_id=dead_letter_id)
+        yield from self.insert_event(now, audit.released(p, released))
+        yield from self.insert_lock_event(now, audit.release_outcome(p, released))
+        yield from self.commit()
+        return released
 
     def schema_extras(self) -> list[str]:
         return list(APPEND_ONLY_TRIGGERS)
 
-    def translate_error(self, exc: BaseException) -> Exception | None:
+    def translate_error(self, exc: BaseException) -> errors.LeaseStoreError | None:
         if not isinstance(exc, sqlite3.Error):
             return None
         message = str(exc).lower()
@@ -168,7 +193,7 @@ class SqliteDialect(Dialect):
         if "append-only" in message:
             return errors.InvalidTransition("event_log is append-only")
         if isinstance(exc, sqlite3.IntegrityError):
-            return None
+            return errors.DuplicateKey(f"duplicate key: {exc}")
         if isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError)):
             return errors.StoreUnavailable(f"SQLite error: {exc}")
         return None

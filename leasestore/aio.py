@@ -1,0 +1,399 @@
+"""The asyncio face: :class:`AsyncLeaseStore`, the same store as coroutines.
+
+    async with AsyncLeaseStore(url) as store:
+        async with store.lease("emails", owner="agent-7", ttl=30) as job:
+            if job is not None:
+                ...
+                await job.checkpoint({"step": 3})
+
+Every method runs the same operation as :class:`leasestore.LeaseStore` (see
+:mod:`leasestore.ops`), so results, errors, audit rows and metrics are
+identical. PostgreSQL runs on psycopg's native async connections from a bounded
+pool; SQLite runs each operation on a worker thread, never on the event loop.
+The schema is checked (and created, with ``init=True``) on first use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from sqlalchemy.engine import URL
+
+from . import errors, validation
+from .db.aengine import DEFAULT_POOL_SIZE, AsyncDatabase, open_async
+from .db.engine import DEFAULT_BUSY_TIMEOUT, Database, Op
+from .db.schema import init_db, schema_version
+from .heartbeat import LeaseDeadline, failure_text, interval_for
+from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
+from .ops import claim, enqueue, holder, operator, reads, recovery
+from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, Context
+from .ops.holder import UNSET
+from .ops.recovery import DEFAULT_RECOVER_BATCH
+from .retry import RetryPolicy
+from .store import StoreClock, open_store_database
+from .types import (
+    ClaimResult,
+    DeadLetterInfo,
+    EnqueueResult,
+    HeartbeatResult,
+    Lease,
+    LeaseLike,
+    RecoveryReport,
+    ReleaseResult,
+    TaskInfo,
+)
+
+T = TypeVar("T")
+
+log = logging.getLogger("leasestore.heartbeat.task")
+
+CANCELLED_ERROR = "cancelled"
+# A claim or release still running when the block is cancelled is waited for at
+# most this long (the lease it may have taken is then handed back).
+HAND_BACK_TIMEOUT = 10.0
+
+__all__ = ["AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore"]
+
+
+class AsyncLeaseStore:
+    """The asyncio twin of :class:`leasestore.LeaseStore`: same arguments, same
+    results and errors, every operation a coroutine.
+
+    ``pool_size`` bounds the PostgreSQL connections this store opens (SQLite uses
+    up to four worker threads). Use ``async with`` or ``await store.close()``.
+    """
+
+    def __init__(
+        self,
+        url: str | URL | None = None,
+        *,
+        init: bool = True,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        retry_policy: RetryPolicy | None = None,
+        default_ttl: float = DEFAULT_LEASE_TTL,
+        fair_writes: bool = True,
+        clock_offset: float = 0.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        self.clock = StoreClock(clock_offset)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.default_ttl = validation.ttl(default_ttl)
+        pool_size = validation.positive_int(pool_size, "pool_size", 1000)
+        self._db: Database = open_store_database(url, init=init, busy_timeout=busy_timeout,
+                                                 fair_writes=fair_writes, clock=self.clock)
+        self.url = self._db.url
+        self._adb: AsyncDatabase = open_async(self._db, pool_size=pool_size)
+        self._ctx = Context(self._db.driver, self.default_ttl, self.retry_policy)
+        self._init = init
+        self._ready = False
+
+    # --- plumbing -----------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self._db.driver.name
+
+    @property
+    def database(self) -> AsyncDatabase:
+        """The database and its public runner (``run``/``read``/``write``, awaited)."""
+        return self._adb
+
+    async def close(self) -> None:
+        await self._adb.close()
+        await asyncio.to_thread(self._db.dispose)
+
+    async def __aenter__(self) -> AsyncLeaseStore:
+        await self._prepare()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"AsyncLeaseStore({self.url.render_as_string(hide_password=True)!r})"
+
+    async def _prepare(self) -> None:
+        if not self._ready:
+            if self._init:
+                await self.init_db(only_if_missing=True)
+            self._ready = True
+
+    async def _run(self, op: Op[T]) -> T:
+        if not self._ready:
+            await self._prepare()
+        return await self._adb.run(op)
+
+    async def init_db(self, *, only_if_missing: bool = False) -> int:
+        """Create or upgrade the schema; idempotent. Returns the schema version."""
+        def create() -> int:
+            if only_if_missing and schema_version(self._db) == SCHEMA_VERSION:
+                return SCHEMA_VERSION
+            return init_db(self._db)
+
+        # DDL goes through SQLAlchemy's blocking engine: keep it off the loop.
+        return await asyncio.to_thread(create)
+
+    async def now(self) -> float:
+        return await self._run(reads.now(self._ctx))
+
+    # --- enqueue ------------------------------------------------------------
+    async def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
+                      max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_key: str | None = None,
+                      delay: float = 0.0) -> EnqueueResult:
+        results = await self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
+                                          max_attempts=max_attempts,
+                                          dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay)
+        return results[0]
+
+    async def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
+                           max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                           dedupe_keys: Sequence[str | None] | None = None,
+                           delay: float = 0.0) -> list[EnqueueResult]:
+        return await self._run(enqueue.enqueue_many(self._ctx, queue, payloads, task_ids=task_ids,
+                                                    max_attempts=max_attempts, dedupe_keys=dedupe_keys,
+                                                    delay=delay))
+
+    # --- the holder's operations ------------------------------------------------
+    async def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
+                         ttl: float | None = None, additional: bool = False) -> ClaimResult:
+        return await self._run(claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl,
+                                                additional=additional))
+
+    async def heartbeat(self, lease: LeaseLike, *, ttl: float | None = None,
+                        checkpoint: Any = UNSET) -> HeartbeatResult:
+        return await self._run(holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint))
+
+    async def release_task(self, lease: LeaseLike, outcome: ReleaseOutcome | str = ReleaseOutcome.DONE,
+                           error: Any = None, *, retry_in: float | None = None) -> ReleaseResult:
+        return await self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in))
+
+    def lease(self, queue: str, owner: str, *, ttl: float | None = None, task_id: str | None = None,
+              additional: bool = False, heartbeat_interval: float | None = None) -> AsyncLeaseContext:
+        """``async with store.lease(...) as job``: claims, heartbeats on a task,
+        releases on exit; a cancelled block hands its task back at once."""
+        return AsyncLeaseContext(self, queue, owner, ttl=ttl, task_id=task_id, additional=additional,
+                                 heartbeat_interval=heartbeat_interval)
+
+    # --- recovery -------------------------------------------------------------
+    async def recover_stale(self, *, batch_size: int = DEFAULT_RECOVER_BATCH,
+                            max_batches: int = 100) -> RecoveryReport:
+        batch_size, max_batches = recovery.validate_sweep(batch_size, max_batches)
+        totals = RecoveryReport()
+        for _ in range(max_batches):
+            report = await self._run(recovery.recover_batch(self._ctx, batch_size=batch_size))
+            totals = recovery.add(totals, report)
+            if report.scanned < batch_size:
+                break
+        return recovery.done(totals)
+
+    # --- operator actions -------------------------------------------------------
+    async def revoke_lease(self, task_id: str, *, reason: str = "revoked by operator") -> None:
+        await self._run(operator.revoke_lease(self._ctx, task_id, reason=reason))
+
+    async def list_dead_letters(self, *, status: str = DeadLetterStatus.OPEN,
+                                limit: int = 100) -> list[DeadLetterInfo]:
+        return await self._run(operator.list_dead_letters(self._ctx, status=status, limit=limit))
+
+    async def requeue_dead_letter(self, dead_letter_id: int) -> str:
+        return await self._run(operator.requeue_dead_letter(self._ctx, dead_letter_id))
+
+    async def resolve_dead_letter(self, dead_letter_id: int, note: str | None = None) -> str:
+        return await self._run(operator.resolve_dead_letter(self._ctx, dead_letter_id, note))
+
+    # --- reads ------------------------------------------------------------------
+    async def get_task(self, task_id: str) -> TaskInfo:
+        return await self._run(reads.get_task(self._ctx, task_id))
+
+    async def list_tasks(self, *, queue: str | None = None, status: str | None = None,
+                         limit: int = 100) -> list[TaskInfo]:
+        return await self._run(reads.list_tasks(self._ctx, queue=queue, status=status, limit=limit))
+
+    async def status_summary(self) -> dict[str, Any]:
+        return await self._run(reads.status_summary(self._ctx))
+
+    async def events(self, *, task_id: str | None = None, limit: int = 50,
+                     after_id: int = 0) -> list[dict[str, Any]]:
+        return await self._run(reads.events(self._ctx, task_id=task_id, limit=limit, after_id=after_id))
+
+
+class AsyncLeaseHandle:
+    """A held lease plus what the heartbeat task learned about it."""
+
+    def __init__(self, store: AsyncLeaseStore, lease: Lease, claim: ClaimResult, sent_at: float) -> None:
+        self._store = store
+        self.lease = lease
+        self.claim = claim
+        self.lost = asyncio.Event()
+        self._view = LeaseDeadline(lease, sent_at)
+
+    @property
+    def fencing_token(self) -> int:
+        return self.lease.fencing_token
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._view.lost_reason
+
+    @property
+    def deadline(self) -> float:
+        """``time.monotonic()`` after which the lease must be presumed gone."""
+        return self._view.deadline
+
+    def held(self) -> bool:
+        return not self.lost.is_set() and self._view.trusted()
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LeaseLost` if the lease is gone or about to run out."""
+        if self.lost.is_set():
+            raise self._view.error()
+        if not self._view.trusted():
+            self.mark_lost("deadline")
+            raise self._view.error("deadline")
+
+    async def heartbeat(self, checkpoint: Any = None, *, store_checkpoint: bool = False) -> HeartbeatResult:
+        """Extend the lease now; waits no longer than the lease could still be valid."""
+        sent_at = time.monotonic()
+        remaining = self._view.remaining()
+        if remaining <= 0:
+            self.mark_lost("deadline")
+            raise self._view.error("deadline")
+        try:
+            async with asyncio.timeout(remaining):
+                if store_checkpoint:
+                    result = await self._store.heartbeat(self.lease, checkpoint=checkpoint)
+                else:
+                    result = await self._store.heartbeat(self.lease)
+        except errors.LeaseLost as exc:
+            self.mark_lost(exc.reason)
+            raise
+        except TimeoutError:
+            self.mark_lost("unreachable")
+            raise self._view.error("unreachable") from None
+        self._view.renewed(sent_at)
+        return result
+
+    async def checkpoint(self, data: Any) -> HeartbeatResult:
+        """Store progress now; the next attempt's lease carries it."""
+        return await self.heartbeat(data, store_checkpoint=True)
+
+    def mark_lost(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self._view.lost_reason = reason
+            self.lost.set()
+
+    def remaining(self) -> float:
+        return self._view.remaining()
+
+
+async def _heartbeat_task(handle: AsyncLeaseHandle, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await handle.heartbeat()
+        except errors.LeaseLost:
+            return
+        except errors.StoreUnavailable as exc:
+            log.warning("heartbeat for %s failed, will retry: %s", handle.lease.task_id, exc)
+            if handle.remaining() <= 0:
+                handle.mark_lost("unreachable")
+                return
+
+
+class AsyncLeaseContext:
+    """Claims on enter, heartbeats on an asyncio task, releases on exit.
+
+    A cancelled block (or a cancelled claim) hands its task back at once: the
+    release is ``failed`` with ``retry_in=0``, so the task is pending again for
+    any agent; it counts as an attempt (and at the retry limit it is
+    dead-lettered, like any failure). The cancellation then propagates.
+    """
+
+    def __init__(self, store: AsyncLeaseStore, queue: str, owner: str, *, ttl: float | None = None,
+                 task_id: str | None = None, additional: bool = False,
+                 heartbeat_interval: float | None = None) -> None:
+        self._store = store
+        self._queue = queue
+        self._owner = owner
+        self._ttl = ttl
+        self._task_id = task_id
+        self._additional = additional
+        self._interval = heartbeat_interval
+        self._handle: AsyncLeaseHandle | None = None
+        self._beat: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> AsyncLeaseHandle | None:
+        sent_at = time.monotonic()
+        claiming = asyncio.ensure_future(self._store.claim_task(
+            self._queue, self._owner, task_id=self._task_id, ttl=self._ttl, additional=self._additional))
+        try:
+            claim = await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # The claim may commit anyway: wait for it and hand the task back.
+            await self._hand_back_claim(claiming)
+            raise
+        if claim.lease is None:
+            return None
+        handle = AsyncLeaseHandle(self._store, claim.lease, claim, sent_at)
+        self._handle = handle
+        self._beat = asyncio.create_task(_heartbeat_task(handle, interval_for(claim.lease.ttl, self._interval)),
+                                         name=f"leasestore-heartbeat-{claim.lease.task_id}")
+        return handle
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        handle = self._handle
+        if handle is None:
+            return
+        await self._stop_heartbeat(handle)
+        if handle.lost.is_set():
+            if exc is None:
+                raise errors.LeaseLost(handle.lease.task_id, handle.lost_reason or "lost", handle.fencing_token)
+            return
+        if exc is None:
+            release = self._store.release_task(handle.lease, ReleaseOutcome.DONE)
+        elif isinstance(exc, asyncio.CancelledError):
+            release = self._store.release_task(handle.lease, ReleaseOutcome.FAILED, CANCELLED_ERROR, retry_in=0)
+        else:
+            release = self._store.release_task(handle.lease, ReleaseOutcome.FAILED, failure_text(exc))
+        # Shielded: a second cancellation must not leave the task leased until its TTL.
+        releasing = asyncio.ensure_future(release)
+        try:
+            async with asyncio.timeout(max(handle.remaining(), 0.001)):
+                await asyncio.shield(releasing)
+        except errors.LeaseLost as lost:
+            handle.mark_lost(lost.reason)
+            if exc is None:
+                raise
+        except TimeoutError:
+            handle.mark_lost("unreachable")
+            if exc is None:
+                raise handle._view.error("unreachable") from None
+        except asyncio.CancelledError:
+            await asyncio.wait([releasing], timeout=HAND_BACK_TIMEOUT)
+            raise
+
+    async def _stop_heartbeat(self, handle: AsyncLeaseHandle) -> None:
+        beat = self._beat
+        if beat is None:
+            return
+        beat.cancel()
+        # An in-flight heartbeat is bounded by the lease's remaining validity.
+        await asyncio.wait([beat], timeout=max(handle.remaining(), 0.001))
+
+    async def _hand_back_claim(self, claiming: asyncio.Future[ClaimResult]) -> None:
+        done, _ = await asyncio.wait([claiming], timeout=HAND_BACK_TIMEOUT)
+        if not done or claiming.cancelled() or claiming.exception() is not None:
+            return
+        lease = claiming.result().lease
+        if lease is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self._store.release_task(lease, ReleaseOutcome.FAILED, CANCELLED_ERROR, retry_in=0),
+                HAND_BACK_TIMEOUT)
+        except (errors.LeaseStoreError, TimeoutError) as exc:
+            log.warning("could not hand back %s after a cancelled claim: %s", lease.task_id, exc)

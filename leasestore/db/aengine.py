@@ -1,0 +1,195 @@
+"""The asyncio runner: the same steps as :mod:`engine`, driven without blocking
+the event loop.
+
+PostgreSQL runs on psycopg's native ``AsyncConnection`` from a bounded
+``AsyncConnectionPool``. SQLite has no async driver: the whole step runs on a
+worker thread, one hop per operation (not per statement), as aiosqlite does
+per connection, so busy waits for the write lock stay off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .. import errors
+from .driver import Driver, Step
+from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line
+from .postgresql import PostgresDriver, connect_kwargs
+
+T = TypeVar("T")
+
+DEFAULT_POOL_SIZE = 20
+DEFAULT_POOL_TIMEOUT = 10.0
+
+
+class AsyncDatabase(Protocol):
+    driver: Driver
+
+    async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T: ...
+
+    async def write(self, body: Callable[[float], Step[T]]) -> T: ...
+
+    async def read(self, body: Callable[[float], Step[T]]) -> T: ...
+
+    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+async def adrive(run: StepRun, conn: AsyncConnection[Any]) -> Any:
+    """Run ``run.step`` on an asyncio psycopg connection."""
+    step = run.step
+    cur = conn.cursor()
+    try:
+        stmt = next(step)
+        while True:
+            run.before(stmt)
+            try:
+                await cur.execute(stmt.sql, stmt.params)  # type: ignore[arg-type]
+                result = fetch(cur, stmt.fetch)
+                if asyncio.iscoroutine(result):
+                    result = await result
+            except Exception as exc:
+                stmt = step.throw(run.failed(stmt, exc))
+                continue
+            run.after(stmt)
+            stmt = step.send(result)
+    except StopIteration as stop:
+        return stop.value
+    except asyncio.CancelledError:
+        # The statement may still be running or its transaction open: a closed
+        # connection ends both on the server, and the pool discards it.
+        run.disconnected = True
+        raise
+    except BaseException:
+        if run.in_transaction and not run.disconnected:
+            try:
+                await conn.rollback()
+            except Exception:
+                run.disconnected = True
+        raise
+    finally:
+        run.close()
+
+
+async def aretrying(attempt: Callable[[], Any], retries: int) -> Any:
+    tries = 0
+    while True:
+        try:
+            return await attempt()
+        except errors.StoreUnavailable as exc:
+            if tries >= retries or type(exc) is not errors.StoreUnavailable:
+                raise
+            tries += 1
+
+
+class PostgresAsyncDatabase:
+    """psycopg ``AsyncConnection``s from a bounded pool (opened on first use)."""
+
+    def __init__(self, db: Database, *, pool_size: int = DEFAULT_POOL_SIZE,
+                 pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
+        self.driver = db.driver
+        conninfo, kwargs = connect_kwargs(db.url)
+        self._pool = AsyncConnectionPool(
+            conninfo, kwargs={**kwargs, "autocommit": True}, min_size=1, max_size=pool_size,
+            timeout=pool_timeout, open=False, name="leasestore")
+        self._opened = False
+        self._open_lock: asyncio.Lock | None = None
+
+    async def _ensure_open(self) -> None:
+        if self._opened:
+            return
+        if self._open_lock is None:
+            self._open_lock = asyncio.Lock()
+        async with self._open_lock:
+            if not self._opened:
+                await self._pool.open(wait=False)
+                self._opened = True
+
+    async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
+        await self._ensure_open()
+
+        async def attempt() -> T:
+            run = StepRun(self.driver, op())
+            try:
+                conn = await self._pool.getconn()
+            except PoolTimeout as exc:
+                run.close()
+                raise errors.StoreBusy(f"no database connection free: {first_line(exc)}") from exc
+            except Exception as exc:
+                run.close()
+                typed = self.driver.translate_error(exc)
+                raise (typed or errors.StoreUnavailable(
+                    f"cannot connect to the database: {first_line(exc)}")) from exc
+            try:
+                result: T = await adrive(run, conn)
+                return result
+            finally:
+                if run.disconnected:
+                    await _close_quietly(conn)
+                await self._pool.putconn(conn)
+
+        result: T = await aretrying(attempt, retries)
+        return result
+
+    async def write(self, body: Callable[[float], Step[T]]) -> T:
+        return await self.run(lambda: self.driver.write(body))
+
+    async def read(self, body: Callable[[float], Step[T]]) -> T:
+        return await self.run(lambda: self.driver.read(body))
+
+    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
+        return await self.run(lambda: committed_query(self.driver, sql, params))
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+            self._opened = False
+
+
+async def _close_quietly(conn: AsyncConnection[Any]) -> None:
+    try:
+        await conn.close()
+    except Exception:
+        pass
+
+
+class ThreadedAsyncDatabase:
+    """A blocking :class:`Database` driven on worker threads (SQLite)."""
+
+    def __init__(self, db: Database, *, workers: int = 4) -> None:
+        self.driver = db.driver
+        self._db = db
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="leasestore-sqlite")
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
+        return await self._call(lambda: self._db.run(op, retries=retries))
+
+    async def write(self, body: Callable[[float], Step[T]]) -> T:
+        return await self._call(lambda: self._db.write(body))
+
+    async def read(self, body: Callable[[float], Step[T]]) -> T:
+        return await self._call(lambda: self._db.read(body))
+
+    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
+        return await self._call(lambda: self._db.query(sql, params))
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+
+def open_async(db: Database, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncDatabase:
+    """The asyncio runner for an opened :class:`Database`, native where the driver is."""
+    if isinstance(db.driver, PostgresDriver):
+        return PostgresAsyncDatabase(db, pool_size=pool_size)
+    return ThreadedAsyncDatabase(db, workers=min(pool_size, 4))
+

@@ -1,0 +1,97 @@
+"""The audit vocabulary: which ``event_log`` and ``lock_events`` rows each
+outcome writes. Both faces and both backends build their rows here, so a
+change of state always reads the same in the log."""
+
+from __future__ import annotations
+
+from .driver import Event, LockEvent, ReleaseParams, dumps
+from .rows import CandidateRow, ExpiredRow, ExtendRow, LeaseRow, ReleaseRow
+from ..models import EventKind, LockOp, LockOutcome, TaskStatus
+
+# The event that ended a lease, as a refused holder is told it.
+END_REASONS = {
+    EventKind.TAKEN_OVER.value: "taken_over",
+    EventKind.RELEASED.value: "released",
+    EventKind.RETRY_SCHEDULED.value: "released",
+    EventKind.RECOVERED.value: "recovered",
+    EventKind.REVOKED.value: "revoked",
+}
+
+
+def end_reason(kind: str, reason: str | None) -> str:
+    if kind == EventKind.DEAD_LETTERED:
+        return "recovered" if reason == "lease_expired" else "released"
+    return END_REASONS.get(kind, kind)
+
+
+def claimed(lease: LeaseRow, from_status: str) -> Event:
+    return Event(lease.task_id, lease.queue, EventKind.CLAIMED, from_status, TaskStatus.LEASED,
+                 owner=lease.owner, fence=lease.fencing_token, attempt=lease.attempt)
+
+
+def taken_over(lease: LeaseRow, previous: CandidateRow) -> Event:
+    return Event(lease.task_id, lease.queue, EventKind.TAKEN_OVER, TaskStatus.LEASED, TaskStatus.LEASED,
+                 owner=lease.owner, fence=lease.fencing_token, attempt=lease.attempt, reason="lease_expired",
+                 detail={"previous_owner": previous.owner, "previous_fencing_token": previous.fencing_token,
+                         "previous_expires_at": previous.expires_at})
+
+
+def claim_outcome(lease: LeaseRow, outcome: LockOutcome) -> LockEvent:
+    return LockEvent(lease.task_id, lease.queue, lease.owner, LockOp.CLAIM, outcome, lease.fencing_token)
+
+
+def busy(task_id: str, queue: str, claimer: str, fence: int) -> LockEvent:
+    return LockEvent(task_id, queue, claimer, LockOp.CLAIM, LockOutcome.BUSY, fence)
+
+
+def extended(task_id: str, row: ExtendRow) -> LockEvent:
+    return LockEvent(task_id, row.queue, row.owner, LockOp.HEARTBEAT, LockOutcome.EXTENDED, row.fencing_token)
+
+
+def checkpointed(task_id: str, row: ExtendRow) -> Event:
+    return Event(task_id, row.queue, EventKind.CHECKPOINTED, TaskStatus.LEASED, TaskStatus.LEASED,
+                 owner=row.owner, fence=row.fencing_token)
+
+
+def release_lock_detail(event_kind: str) -> str:
+    detail = dumps({"outcome": event_kind})
+    assert detail is not None
+    return detail
+
+
+def released(p: ReleaseParams, row: ReleaseRow) -> Event:
+    if p.event_kind == EventKind.RETRY_SCHEDULED:
+        detail: dict[str, object] | None = {"retry_at": row.available_at}
+    elif p.dead_letter_reason is not None:
+        detail = {"dead_letter_id": row.dead_letter_id}
+    else:
+        detail = None
+    return Event(p.task_id, row.queue, p.event_kind, TaskStatus.LEASED, p.to_status, owner=row.owner,
+                 fence=p.fence, attempt=p.attempt, reason=p.event_reason, detail=detail)
+
+
+def release_outcome(p: ReleaseParams, row: ReleaseRow) -> LockEvent:
+    return LockEvent(p.task_id, row.queue, row.owner, LockOp.RELEASE, LockOutcome.RELEASED, p.fence,
+                     detail={"outcome": p.event_kind})
+
+
+def conflict(task_id: str, queue: str, holder: str | None, op: LockOp, fence: int, reason: str,
+             current: int) -> LockEvent:
+    return LockEvent(task_id, queue, holder, op, LockOutcome.CONFLICT, fence,
+                     detail={"reason": reason, "current_fencing_token": current})
+
+
+def recovered(row: ExpiredRow) -> Event:
+    return Event(row.task_id, row.queue, EventKind.RECOVERED, TaskStatus.LEASED, TaskStatus.PENDING,
+                 owner=row.owner, fence=row.fencing_token, attempt=row.attempts, reason="lease_expired")
+
+
+def expired_dead_letter(task_id: str, queue: str, holder: str | None, fence: int, attempts: int,
+                        dead_letter_id: int) -> Event:
+    return Event(task_id, queue, EventKind.DEAD_LETTERED, TaskStatus.LEASED, TaskStatus.DEAD, owner=holder,
+                 fence=fence, attempt=attempts, reason="lease_expired", detail={"dead_letter_id": dead_letter_id})
+
+
+def lock_outcome(task_id: str, queue: str, holder: str | None, op: LockOp, outcome: LockOutcome,
+                 fence: int, detail: dict[str, object] | None = None) -> LockEvent:
+    return LockEvent(task_id, queue, holder, op, outcome, fence, detail)

@@ -1,0 +1,128 @@
+"""The claim decision: resume the owner's own lease, lease the next pending
+task, take over an expired lease, dead-letter one at its limit, or answer busy."""
+
+from __future__ import annotations
+
+import logging
+
+from .. import errors, validation
+from ..db import audit
+from ..db.driver import ClaimNextKind, ClaimParams, Step
+from ..db.engine import Op
+from ..db.rows import CandidateRow, LeaseRow
+from ..failpoints import failpoint
+from ..models import LockOp, LockOutcome, TaskStatus
+from ..types import ClaimResult, ClaimStatus
+from .common import Context, hash_token, new_token, to_lease
+from .recovery import expire_to_dead_letter
+
+log = logging.getLogger("leasestore.claim")
+
+
+def claim_task(ctx: Context, queue: str | None, owner: str, *, task_id: str | None, ttl: float | None,
+               additional: bool) -> Op[ClaimResult]:
+    """See :meth:`leasestore.LeaseStore.claim_task`."""
+    owner = validation.name(owner, "owner")
+    ttl = validation.ttl(ctx.default_ttl if ttl is None else ttl)
+    if task_id is None and queue is None:
+        raise errors.InvalidArgument("claim_task needs a queue or a task_id")
+    queue = validation.optional_name(queue, "queue")
+    task_id = validation.optional_name(task_id, "task id")
+    token = new_token()
+    claim = _Claim(ctx, queue, owner, task_id, ttl, additional, token)
+    return claim.step
+
+
+class _Claim:
+    def __init__(self, ctx: Context, queue: str | None, owner: str, task_id: str | None, ttl: float,
+                 additional: bool, token: str) -> None:
+        self.d = ctx.driver
+        self.queue = queue
+        self.owner = owner
+        self.task_id = task_id
+        self.ttl = ttl
+        self.additional = additional
+        self.token = token
+        self.token_hash = hash_token(token)
+
+    def step(self) -> Step[ClaimResult]:
+        if self.task_id is None:
+            assert self.queue is not None
+            found = yield from self.d.claim_next(
+                ClaimParams(self.queue, self.owner, self.token_hash, self.ttl, resume=not self.additional))
+            if found.kind is ClaimNextKind.ACQUIRED:
+                assert found.lease is not None
+                result = self._acquired(found.lease, took_over=False)
+            elif found.kind is ClaimNextKind.NONE:
+                result = ClaimResult(ClaimStatus.NO_TASK)
+            else:  # the owner's own lease to resume, or an expired one to take over
+                result = yield from self.d.write(self._next)
+        else:
+            result = yield from self.d.write(self._named)
+        log.debug("claim %s/%s by %s: %s", self.queue, self.task_id, self.owner, result.status)
+        return result
+
+    def _next(self, now: float) -> Step[ClaimResult]:
+        assert self.queue is not None
+        if not self.additional:
+            own = yield from self.d.own_lease(self.owner, self.queue, now)
+            if own is not None:
+                return (yield from self._resume(now, own))
+        pending = yield from self.d.next_pending(self.queue, now)
+        if pending is not None:
+            return (yield from self._acquire(now, pending.task_id, pending.fencing_token, None))
+        expired = yield from self.d.expired_candidate(self.queue, now)
+        if expired is not None:
+            return (yield from self._acquire(now, expired.task_id, expired.fencing_token, expired))
+        return ClaimResult(ClaimStatus.NO_TASK)
+
+    def _named(self, now: float) -> Step[ClaimResult]:
+        assert self.task_id is not None
+        row = yield from self.d.task_for_update(self.task_id)
+        if row is None or (self.queue is not None and row.queue != self.queue):
+            raise errors.TaskNotFound(self.task_id)
+        if row.status == TaskStatus.PENDING:
+            if row.available_at > now:
+                return ClaimResult(ClaimStatus.NO_TASK, task_id=row.id)
+            return (yield from self._acquire(now, row.id, row.fencing_token, None))
+        if row.status != TaskStatus.LEASED:
+            return ClaimResult(ClaimStatus.NO_TASK, task_id=row.id)
+        assert row.lease_expires_at is not None
+        if row.lease_expires_at > now:
+            if row.owner == self.owner:
+                return (yield from self._resume(now, row.id))
+            yield from self.d.insert_lock_event(now, audit.busy(row.id, row.queue, self.owner, row.fencing_token))
+            return ClaimResult(ClaimStatus.BUSY, task_id=row.id, holder=row.owner)
+        if row.attempts >= row.max_attempts:
+            yield from expire_to_dead_letter(self.d, now, row.id, row.queue, row.owner, row.fencing_token,
+                                             row.attempts, op=LockOp.CLAIM)
+            return ClaimResult(ClaimStatus.NO_TASK, task_id=row.id)
+        previous = CandidateRow(row.id, row.owner, row.fencing_token, row.lease_expires_at)
+        return (yield from self._acquire(now, row.id, row.fencing_token, previous))
+
+    def _acquire(self, now: float, task_id: str, fence: int, previous: CandidateRow | None) -> Step[ClaimResult]:
+        from_status = TaskStatus.PENDING if previous is None else TaskStatus.LEASED
+        lease = yield from self.d.acquire(now, task_id, fence, from_status, self.owner, self.token_hash, self.ttl)
+        if lease is None:  # pragma: no cover - the row is locked by this transaction
+            raise errors.InvalidTransition(f"task {task_id!r} changed during claim")
+        failpoint("after_claim_update")
+        if previous is None:
+            yield from self.d.insert_event(now, audit.claimed(lease, from_status))
+            outcome = LockOutcome.ACQUIRED
+        else:
+            yield from self.d.insert_event(now, audit.taken_over(lease, previous))
+            outcome = LockOutcome.TAKEN_OVER
+        yield from self.d.insert_lock_event(now, audit.claim_outcome(lease, outcome))
+        return self._acquired(lease, took_over=previous is not None)
+
+    def _resume(self, now: float, task_id: str) -> Step[ClaimResult]:
+        lease = yield from self.d.resume(now, task_id, self.owner, self.token_hash, self.ttl)
+        if lease is None:  # pragma: no cover - checked under the same lock
+            raise errors.InvalidTransition(f"task {task_id!r} changed during claim")
+        yield from self.d.insert_lock_event(now, audit.claim_outcome(lease, LockOutcome.DUPLICATE))
+        return ClaimResult(ClaimStatus.RESUMED, lease=to_lease(lease, self.token, self.ttl, took_over=False),
+                           task_id=task_id)
+
+    def _acquired(self, row: LeaseRow, *, took_over: bool) -> ClaimResult:
+        lease = to_lease(row, self.token, self.ttl, took_over=took_over)
+        return ClaimResult(ClaimStatus.ACQUIRED, lease=lease, task_id=lease.task_id)

@@ -1,0 +1,125 @@
+"""Fenced writes by a lease's holder: heartbeat, checkpoint, release, and why
+a refused write was refused."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .. import errors, validation
+from ..db import audit
+from ..db.driver import Driver, ExtendParams, ReleaseParams, Step
+from ..db.engine import Op
+from ..failpoints import failpoint
+from ..models import EventKind, LockOp, ReleaseOutcome, TaskStatus
+from ..types import HeartbeatResult, Lease, LeaseLike, ReleaseResult, ReleaseResultKind
+from .common import Context, hash_token, lease_fields
+
+log_heartbeat = logging.getLogger("leasestore.heartbeat")
+log_release = logging.getLogger("leasestore.release")
+
+UNSET: Any = object()
+"""``checkpoint=UNSET`` leaves the stored checkpoint as it is."""
+
+
+def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: Any) -> Op[HeartbeatResult]:
+    """See :meth:`leasestore.LeaseStore.heartbeat`."""
+    task_id, token, fence = lease_fields(lease)
+    ttl = validation.ttl(ttl if ttl is not None else getattr(lease, "ttl", ctx.default_ttl))
+    checkpointing = checkpoint is not UNSET
+    params = ExtendParams(task_id, hash_token(token), fence, ttl,
+                          validation.to_json(checkpoint, "checkpoint") if checkpointing else None, checkpointing)
+    d = ctx.driver
+
+    def step() -> Step[HeartbeatResult]:
+        failpoint("before_heartbeat_update")
+        row = yield from d.extend(params)
+        if row is not None:
+            return HeartbeatResult(task_id, row.fencing_token, row.expires_at)
+        # Refused: nothing was written; work out why and record the conflict.
+        return (yield from d.refused(lambda now: refuse(d, now, task_id, params.token_hash, fence,
+                                                      LockOp.HEARTBEAT, log_heartbeat)))
+
+    return step
+
+
+def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, error: Any, *,
+                 retry_in: float | None) -> Op[ReleaseResult]:
+    """See :meth:`leasestore.LeaseStore.release_task`."""
+    task_id, token, fence = lease_fields(lease)
+    try:
+        outcome = ReleaseOutcome(outcome)
+    except ValueError:
+        raise errors.InvalidArgument("outcome must be 'done' or 'failed'") from None
+    error_text = validation.error_text(error)
+    if retry_in is not None:
+        retry_in = validation.delay(retry_in)
+    token_hash = hash_token(token)
+    # A lease's attempt number cannot change while its fencing token stands,
+    # so a full Lease needs no read; a bare reference reads it first.
+    known = (lease.attempt, lease.max_attempts) if isinstance(lease, Lease) else None
+    d = ctx.driver
+
+    def step() -> Step[ReleaseResult]:
+        attempts = known
+        if attempts is None:
+            attempts = yield from d.attempts(task_id)
+            if attempts is None:
+                raise errors.TaskNotFound(task_id)
+        attempt, max_attempts = attempts
+        kind, params = decide_release(ctx, task_id, token_hash, fence, attempt, max_attempts, outcome,
+                                      error_text, retry_in)
+        failpoint("before_release_update")
+        row = yield from d.release(params)
+        if row is None:
+            return (yield from d.refused(lambda now: refuse(d, now, task_id, token_hash, fence,
+                                                          LockOp.RELEASE, log_release)))
+        return ReleaseResult(task_id, kind, attempt,
+                             next_attempt_at=row.available_at if kind is ReleaseResultKind.RETRY_SCHEDULED else None,
+                             dead_letter_id=row.dead_letter_id)
+
+    return step
+
+
+def decide_release(ctx: Context, task_id: str, token_hash: str, fence: int, attempt: int, max_attempts: int,
+                   outcome: ReleaseOutcome, error_text: str | None,
+                   retry_in: float | None) -> tuple[ReleaseResultKind, ReleaseParams]:
+    """Done; or failed below the retry limit → pending after a backoff; or at the
+    limit → a dead letter."""
+    if outcome is ReleaseOutcome.DONE:
+        kind, to_status, delay, reason, dead = EventKind.RELEASED, TaskStatus.DONE, 0.0, None, None
+    elif attempt < max_attempts:
+        delay = retry_in if retry_in is not None else ctx.retry_policy.delay(attempt)
+        kind, to_status, reason, dead = EventKind.RETRY_SCHEDULED, TaskStatus.PENDING, "failed", None
+    else:
+        kind, to_status, delay, reason, dead = (EventKind.DEAD_LETTERED, TaskStatus.DEAD, 0.0, "retry_limit",
+                                                "retry_limit")
+    result = ReleaseResultKind.DONE if kind is EventKind.RELEASED else (
+        ReleaseResultKind.RETRY_SCHEDULED if dead is None else ReleaseResultKind.DEAD_LETTERED)
+    return result, ReleaseParams(task_id, token_hash, fence, attempt, to_status, delay, error_text, kind, reason,
+                                 audit.release_lock_detail(result), dead)
+
+
+def refuse(d: Driver, now: float, task_id: str, token_hash: str, fence: int, op: LockOp,
+           log: logging.Logger) -> Step[errors.LeaseLost]:
+    """Work out why a holder's write matched nothing and record the conflict.
+
+    Returns the error, so the transaction commits the conflict row before the
+    caller raises it."""
+    state = yield from d.lease_state(task_id)
+    if state is None:
+        raise errors.TaskNotFound(task_id)
+    current = state.fencing_token
+    error: errors.LeaseLost
+    if state.status == TaskStatus.LEASED and current == fence and state.token_hash == token_hash:
+        error = errors.LeaseLost(task_id, "expired", fence, current)
+    elif state.status == TaskStatus.LEASED and current == fence:
+        error = errors.StaleLeaseToken(task_id, "invalid_token", fence, current)
+    else:
+        end = (yield from d.lease_end_event(task_id, fence)) if fence <= current else None
+        reason = "invalid_token" if end is None else audit.end_reason(*end)
+        error = errors.StaleLeaseToken(task_id, reason, fence, current)
+    yield from d.insert_lock_event(now, audit.conflict(task_id, state.queue, state.owner, op, fence,
+                                                       error.reason, current))
+    log.info("%s refused: %s", op.value, error)
+    return error
