@@ -16,6 +16,7 @@ demo: setup
 	$(BIN)/leasestore demo
 
 test: setup
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -70,7 +70,7 @@ class AsyncLeaseStore:
 
     def __init__(
         self,
-        url: str | URL | None = None,
+        url: str | None = None,
         *,
         init: bool = True,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,

@@ -274,13 +274,13 @@ def check_events(
 
     terminal = {_D: 0, _X: 0}
     unfinished = []
-    for task_id, status in sorted(final.items()):
-        if status in terminal:
-            terminal[status] += 1
+    for task_id, ended in sorted(final.items()):
+        if ended is not None and ended in terminal:
+            terminal[ended] += 1
         else:
             unfinished.append(task_id)
             if require_drained:
-                checker.flag(NOT_DRAINED, task_id, None, f"ended {status}, not done or dead")
+                checker.flag(NOT_DRAINED, task_id, None, f"ended {ended}, not done or dead")
     return HistoryReport(tasks=len(final), events=len(rows), terminal=terminal,
                          unfinished=unfinished, violations=checker.violations)
 

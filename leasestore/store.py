@@ -50,7 +50,7 @@ class StoreClock:
         return self.offset
 
 
-def open_store_database(url: str | URL | None, *, init: bool, busy_timeout: float, fair_writes: bool,
+def open_store_database(url: str | None, *, init: bool, busy_timeout: float, fair_writes: bool,
                         clock: StoreClock) -> Database:
     """The database both faces open: the URL resolved, a missing SQLite file
     refused when the schema is not to be created."""
@@ -83,7 +83,7 @@ class LeaseStore:
 
     def __init__(
         self,
-        url: str | URL | None = None,
+        url: str | None = None,
         *,
         init: bool = True,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,

@@ -113,8 +113,8 @@ def read_run(json_path: Path, samples_dir: Path) -> LocustStats:
         requests = sum(n for name, n in stats.requests.items() if name.split(":")[0] == op)
         if not values and not requests:
             continue
+        p50, p95, p99 = (percentile(values, p) for p in PERCENTILES)
         stats.operations[op] = OperationStats(
-            op, requests + stats.failures_by_operation[op], stats.failures_by_operation[op],
-            *(percentile(values, p) for p in PERCENTILES),
+            op, requests + stats.failures_by_operation[op], stats.failures_by_operation[op], p50, p95, p99,
             sum(values) / len(values) if values else 0.0)
     return stats

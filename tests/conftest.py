@@ -17,6 +17,8 @@ import pytest
 
 from leasestore import NO_BACKOFF, LeaseStore
 
+from tests.faces import FACES, open_store
+
 # Tests must not see a user's store or thresholds; the test switches stay.
 for _name in list(os.environ):
     if _name.startswith("LEASESTORE_TEST_"):
@@ -84,9 +86,16 @@ def db_url(request) -> str:
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture(params=FACES)
+def face(request) -> str:
+    """The same test through the blocking and the asyncio face."""
+    return str(request.param)
+
+
 @pytest.fixture
-def store(db_url: str) -> Iterator[LeaseStore]:
-    """A store with no retry backoff, so failed tasks are claimable at once."""
-    s = LeaseStore(db_url, retry_policy=NO_BACKOFF)
+def store(db_url: str, face: str) -> Iterator[LeaseStore]:
+    """A store with no retry backoff, so failed tasks are claimable at once, on
+    each backend and through each face."""
+    s = open_store(face, db_url, retry_policy=NO_BACKOFF)
     yield s
     s.close()

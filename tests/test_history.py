@@ -282,11 +282,23 @@ def test_check_history_of_one_queue(store: LeaseStore) -> None:
 def test_the_checker_catches_a_store_that_takes_over_live_leases(store: LeaseStore,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A mutant store whose takeover ignores the expiry: the real log it writes must be flagged."""
-    from leasestore.db import postgresql, sqlite
+    from leasestore.db import queries
+    from leasestore.db.driver import ClaimNextKind, ClaimNextRow
+    from leasestore.db.rows import CandidateRow
 
-    module = sqlite if store.backend == "sqlite" else postgresql
-    monkeypatch.setattr(module, "SELECT_EXPIRED_CANDIDATE",
-                        module.SELECT_EXPIRED_CANDIDATE.replace("lease_expires_at <= ", "lease_expires_at > "))
+    d = store.database.driver
+    live = queries.SELECT_EXPIRED_CANDIDATE.replace("lease_expires_at <= ", "lease_expires_at > ")
+
+    def any_candidate(queue, now):
+        row = yield from d.one(live, {"queue": queue, "now": now})
+        return None if row is None else CandidateRow.from_row(row)
+
+    def always_the_full_path(params):
+        return ClaimNextRow(ClaimNextKind.EXPIRED)
+        yield
+
+    monkeypatch.setattr(d, "expired_candidate", any_candidate)
+    monkeypatch.setattr(d, "claim_next", always_the_full_path)
     store.enqueue("q", task_id="t1")
     store.claim_task("q", "a", ttl=60)
     stolen = store.claim_task("q", "b", ttl=60)
@@ -367,9 +379,11 @@ def test_a_wrong_metric_query_is_caught(sqlite_url: str, monkeypatch: pytest.Mon
     busy_history(store, 3, "t-")
     assert check_metrics(store, 60) == []
     assert store.events(limit=1000) and any(e["kind"] == "recovered" for e in store.events(limit=1000))
-    mutant = metrics.EVENT_COUNTS.replace("'recovered'", "'no_such_kind'")
-    assert mutant != metrics.EVENT_COUNTS
-    monkeypatch.setattr(metrics, "EVENT_COUNTS", mutant)
+    from leasestore.db import queries
+
+    mutant = queries.COUNT_METRIC_EVENTS_SINCE.replace("'recovered'", "'no_such_kind'")
+    assert mutant != queries.COUNT_METRIC_EVENTS_SINCE
+    monkeypatch.setattr(queries, "COUNT_METRIC_EVENTS_SINCE", mutant)
     violations = check_metrics(store, 60)
     assert [v.invariant for v in violations] == [METRICS_MATCH_LOG]
     assert violations[0].message.startswith("lockExpired is ")

@@ -51,7 +51,7 @@ async def adrive(run: StepRun, conn: AsyncConnection[Any]) -> Any:
         while True:
             run.before(stmt)
             try:
-                await cur.execute(stmt.sql, stmt.params)  # type: ignore[arg-type]
+                await cur.execute(stmt.sql, stmt.params)
                 result = fetch(cur, stmt.fetch)
                 if asyncio.iscoroutine(result):
                     result = await result
