@@ -23,16 +23,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from leasestore import NO_BACKOFF, LeaseLost, LeaseStore, LeaseStoreError, StoreUnavailable, failpoints
+from faces import FACES, open_store
+from leasestore import NO_BACKOFF, LeaseLost, LeaseStoreError, StoreUnavailable, failpoints
 from leasestore.types import ClaimStatus
 
 
-def _open(args: argparse.Namespace) -> LeaseStore:
-    return LeaseStore(args.db, init=False, busy_timeout=args.busy_timeout,
+def _open(args: argparse.Namespace) -> Any:
+    """A store of the worker's face (``--face async``: the asyncio store, driven
+    on this process's own event loop)."""
+    return open_store(args.face, args.db, init=False, busy_timeout=args.busy_timeout,
                       retry_policy=NO_BACKOFF, fair_writes=not args.unfair)
 
 
-def _queue_open(store: LeaseStore, queue: str) -> bool:
+def _queue_open(store: Any, queue: str) -> bool:
     counts = store.status_summary()["counts"]
     return any(c["queue"] == queue and c["status"] in ("pending", "leased") for c in counts)
 
@@ -122,6 +125,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["drain", "stale"])
     parser.add_argument("--db", required=True)
+    parser.add_argument("--face", choices=FACES, default="sync")
     parser.add_argument("--queue", default="chaos")
     parser.add_argument("--owner", required=True)
     parser.add_argument("--ttl", type=float, default=1.0)

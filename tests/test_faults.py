@@ -73,7 +73,7 @@ def assert_history_clean(store: LeaseStore, url: str) -> Any:
 
 
 @pytest.mark.slow
-def test_faults_sigkill_storm(db_url: str, tmp_path: Path) -> None:
+def test_faults_sigkill_storm(db_url: str, face: str, tmp_path: Path) -> None:
     """8 workers, 240 tasks; 12 SIGKILLs at random points, each followed by a fresh worker.
 
     Bound: each lease orphaned by a kill is taken over or recovered within
@@ -88,7 +88,7 @@ def test_faults_sigkill_storm(db_url: str, tmp_path: Path) -> None:
     opts = dict(ttl=TTL, work_min=0.03, work_max=0.25, deadline=90, go=go)
 
     def spawn(slot: int, n: int) -> Worker:
-        return Worker("drain", db_url, f"w{slot}.{n}", tmp_path, seed=slot * 100 + n, **opts)
+        return Worker("drain", db_url, f"w{slot}.{n}", tmp_path, seed=slot * 100 + n, face=face, **opts)
 
     pool = [spawn(i, 0) for i in range(workers)]
     start_together(pool, go)
@@ -152,7 +152,7 @@ def lock_conflicts(store: LeaseStore, task_id: str) -> list[dict[str, Any]]:
     return [dict(zip(("op", "outcome", "owner", "fencing_token", "detail"), r)) for r in rows]
 
 
-def test_faults_sigstop_past_ttl(db_url: str, tmp_path: Path) -> None:
+def test_faults_sigstop_past_ttl(db_url: str, face: str, tmp_path: Path) -> None:
     """Kleppmann's pause: A is stopped past its TTL, B takes over, A wakes and is fenced out.
 
     A's late heartbeat, checkpoint and release are each refused and recorded
@@ -162,7 +162,7 @@ def test_faults_sigstop_past_ttl(db_url: str, tmp_path: Path) -> None:
     store = LeaseStore(db_url, retry_policy=NO_BACKOFF)
     tid = store.enqueue("pause", {"job": 1}, task_id="paused-task").task_id
     started = time.monotonic()
-    a = Worker("stale", db_url, "agent-a", tmp_path, queue="pause", ttl=ttl)
+    a = Worker("stale", db_url, "agent-a", tmp_path, queue="pause", ttl=ttl, face=face)
     try:
         assert a.readline() == {"claimed": tid, "fence": 1}
         a.readline()  # a heartbeat just committed: A is between transactions
@@ -195,7 +195,7 @@ def test_faults_sigstop_past_ttl(db_url: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_faults_pg_backends_terminated(pg_url: str, tmp_path: Path) -> None:
+def test_faults_pg_backends_terminated(pg_url: str, face: str, tmp_path: Path) -> None:
     """The server cuts every worker connection (pg_terminate_backend) again and again under load."""
     tasks, workers, rounds = 200, 6, 8
     rng = random.Random(11)
@@ -203,7 +203,8 @@ def test_faults_pg_backends_terminated(pg_url: str, tmp_path: Path) -> None:
     fill(store, tasks)
     with pg_role(pg_url, PG_DSN) as (role, url):
         go = tmp_path / "go"
-        pool = [Worker("drain", url, f"w{i}", tmp_path, ttl=TTL, work_min=0.02, work_max=0.15, deadline=90, go=go)
+        pool = [Worker("drain", url, f"w{i}", tmp_path, ttl=TTL, work_min=0.02, work_max=0.15, deadline=90, go=go,
+                       face=face)
                 for i in range(workers)]
         start_together(pool, go)
         started = time.monotonic()
@@ -410,7 +411,7 @@ def _stopped(pid: int) -> bool:
         return fh.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
-def test_faults_stopped_inside_a_write_transaction(db_url: str, tmp_path: Path) -> None:
+def test_faults_stopped_inside_a_write_transaction(db_url: str, face: str, tmp_path: Path) -> None:
     """A holder stops itself half-way through its claim (failpoint ``after_claim_update:stop``), then is killed.
 
     SQLite: other writers get a typed StoreBusy after their busy timeout while
@@ -423,7 +424,8 @@ def test_faults_stopped_inside_a_write_transaction(db_url: str, tmp_path: Path) 
     store = LeaseStore(db_url, retry_policy=NO_BACKOFF, busy_timeout=busy_timeout)
     fill(store, 5)
     started = time.monotonic()
-    a = Worker("stale", db_url, "agent-a", tmp_path, task_id="task-0000", failpoints="after_claim_update:stop")
+    a = Worker("stale", db_url, "agent-a", tmp_path, task_id="task-0000", failpoints="after_claim_update:stop",
+               face=face)
     try:
         deadline = time.monotonic() + 30
         while not _stopped(a.pid):

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from conftest import PG_DSN, require
-from leasestore import NO_BACKOFF, ClaimStatus, Lease, LeaseLost, LeaseStore, StaleLeaseToken
+from faces import FACES, open_store
+from leasestore import NO_BACKOFF, ClaimStatus, Lease, LeaseLost, StaleLeaseToken
 from leasestore.history import check_history
 
 OWNERS = ("a", "b", "c")
@@ -77,11 +78,12 @@ class Model:
 
 class StoreMachine(RuleBasedStateMachine):
     url_factory: Any = None  # set per backend; returns (url, cleanup)
+    face = "sync"
 
     def __init__(self) -> None:
         super().__init__()
         self.url, self._cleanup = type(self).url_factory()
-        self.store = LeaseStore(self.url, retry_policy=NO_BACKOFF)
+        self.store = open_store(type(self).face, self.url, retry_policy=NO_BACKOFF)
         self.model = Model()
         self.leases: list[Lease] = []
         self._base = self.store.now() + 1000.0
@@ -294,15 +296,17 @@ BUDGETS = {"sqlite": (80, 30), "postgresql": (30, 30)}
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("face", FACES)
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_store_agrees_with_model(backend: str, pg_available: bool) -> None:
+def test_store_agrees_with_model(backend: str, face: str, pg_available: bool) -> None:
     if backend == "postgresql":
         require(pg_available, "PostgreSQL at " + PG_DSN)
     examples, steps = BUDGETS[backend]
     machine = type(f"StoreMachine_{backend}", (StoreMachine,),
-                   {"url_factory": staticmethod(_sqlite_factory if backend == "sqlite" else _pg_factory)})
+                   {"url_factory": staticmethod(_sqlite_factory if backend == "sqlite" else _pg_factory),
+                    "face": face})
     started = time.monotonic()
     run_state_machine_as_test(machine, settings=settings(
         max_examples=examples, stateful_step_count=steps, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much], database=None))
-    print(f"\nmodel {backend}: {examples} runs x {steps} steps in {time.monotonic() - started:.1f} s")
+    print(f"\nmodel {backend} {face}: {examples} runs x {steps} steps in {time.monotonic() - started:.1f} s")

@@ -134,6 +134,10 @@ class PostgresAsyncDatabase:
                 if run.disconnected:
                     await _close_quietly(conn)
                 await self._pool.putconn(conn)
+                if run.disconnected:
+                    # A server restart or a cut network ends every idle
+                    # connection too: drop them before the retry takes one.
+                    await self._pool.check()
 
         result: T = await aretrying(attempt, retries)
         return result

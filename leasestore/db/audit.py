@@ -53,8 +53,9 @@ def checkpointed(task_id: str, row: ExtendRow) -> Event:
                  owner=row.owner, fence=row.fencing_token)
 
 
-def release_lock_detail(event_kind: str) -> str:
-    detail = dumps({"outcome": event_kind})
+def release_lock_detail(result: str) -> str:
+    """The lock row's detail of a release: ``{"outcome": <done|retry_scheduled|dead_lettered>}``."""
+    detail = dumps({"outcome": result})
     assert detail is not None
     return detail
 
@@ -72,7 +73,7 @@ def released(p: ReleaseParams, row: ReleaseRow) -> Event:
 
 def release_outcome(p: ReleaseParams, row: ReleaseRow) -> LockEvent:
     return LockEvent(p.task_id, row.queue, row.owner, LockOp.RELEASE, LockOutcome.RELEASED, p.fence,
-                     detail={"outcome": p.event_kind})
+                     detail=p.lock_outcome_detail)
 
 
 def conflict(task_id: str, queue: str, holder: str | None, op: LockOp, fence: int, reason: str,

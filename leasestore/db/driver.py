@@ -107,12 +107,12 @@ class LockEvent:
     op: str
     outcome: str
     fence: int | None
-    detail: Mapping[str, Any] | None = None
+    detail: Mapping[str, Any] | str | None = None  # a str is JSON already
 
     def params(self, now: float) -> dict[str, Any]:
         return {"now": now, "id": self.task_id, "queue": self.queue, "owner": self.owner,
                 "op": self.op, "outcome": self.outcome, "fence": self.fence,
-                "detail": dumps(self.detail)}
+                "detail": self.detail if isinstance(self.detail, str) else dumps(self.detail)}
 
 
 @dataclass(frozen=True, slots=True)

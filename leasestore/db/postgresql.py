@@ -156,7 +156,7 @@ mine AS (
   SELECT t.id FROM tasks t, clock
   WHERE %(resume)s AND t.owner = %(owner)s AND t.queue = %(queue)s AND t.status = 'leased'
     AND t.lease_expires_at > clock.now
-  LIMIT 1
+  ORDER BY t.leased_at LIMIT 1
 ),
 picked AS (
   SELECT t.id FROM tasks t, clock
@@ -170,7 +170,7 @@ expired AS (
   WHERE t.queue = %(queue)s AND t.status = 'leased' AND t.lease_expires_at <= clock.now
     AND t.attempts < t.max_attempts
     AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM picked)
-  LIMIT 1
+  ORDER BY t.lease_expires_at LIMIT 1
 ),
 upd AS (
   UPDATE tasks t SET status = 'leased', owner = %(owner)s, lease_token_hash = %(token_hash)s,

@@ -131,7 +131,9 @@ class SqliteDriver(Driver):
         if pending is None:
             expired = yield from self.expired_candidate(p.queue, now)
             yield from self.commit()
-            return ClaimNextRow(ClaimNextKind.NONE if expired is None else ClaimNextKind.EXPIRED)
+            if expired is None:
+                return ClaimNextRow(ClaimNextKind.NONE)
+            return ClaimNextRow(ClaimNextKind.EXPIRED, task_id=expired.task_id)
         lease = yield from self.acquire(now, pending.task_id, pending.fencing_token, TaskStatus.PENDING,
                                         p.owner, p.token_hash, p.ttl)
         assert lease is not None, "the write lock is held: the row cannot change"
