@@ -27,7 +27,7 @@ import weakref
 from typing import Any, Protocol
 
 from . import errors
-from .heartbeat import LeaseDeadline, failure_text, interval_for
+from .heartbeat import HandleState, failure_text, interval_for
 from .models import ReleaseOutcome
 from .types import ClaimResult, HeartbeatResult, Lease, LeaseLike, ReleaseResult
 
@@ -46,40 +46,14 @@ class LeaseOps(Protocol):
                      retry_in: float | None = ...) -> ReleaseResult: ...
 
 
-class LeaseHandle:
-    """A held lease plus what the background heartbeat learned about it."""
+class LeaseHandle(HandleState):
+    """A held lease plus what the background heartbeat thread learned about it."""
 
     def __init__(self, store: LeaseOps, lease: Lease, claim: ClaimResult, sent_at: float) -> None:
+        super().__init__(lease, claim, sent_at)
         self._store = store
-        self.lease = lease
-        self.claim = claim
-        self.lost = threading.Event()
-        self._view = LeaseDeadline(lease, sent_at)
+        self.lost: threading.Event = threading.Event()
         self._lock = threading.Lock()
-
-    @property
-    def fencing_token(self) -> int:
-        return self.lease.fencing_token
-
-    @property
-    def lost_reason(self) -> str | None:
-        return self._view.lost_reason
-
-    @property
-    def deadline(self) -> float:
-        """``time.monotonic()`` after which the lease must be presumed gone."""
-        return self._view.deadline
-
-    def held(self) -> bool:
-        return not self.lost.is_set() and self._view.trusted()
-
-    def ensure_held(self) -> None:
-        """Raise :class:`LeaseLost` if the lease is gone or about to run out."""
-        if self.lost.is_set():
-            raise self._view.error()
-        if not self._view.trusted():
-            self.mark_lost("deadline")
-            raise self._view.error("deadline")
 
     def heartbeat(self, checkpoint: Any = None, *, store_checkpoint: bool = False) -> HeartbeatResult:
         sent_at = time.monotonic()
@@ -90,20 +64,12 @@ class LeaseHandle:
             self.mark_lost(exc.reason)
             raise
         with self._lock:
-            self._view.renewed(sent_at)
+            self.renewed(sent_at)
         return result
 
     def checkpoint(self, data: Any) -> HeartbeatResult:
         """Store progress now; the next attempt's lease carries it."""
         return self.heartbeat(data, store_checkpoint=True)
-
-    def mark_lost(self, reason: str) -> None:
-        if not self.lost.is_set():
-            self._view.lost_reason = reason
-            self.lost.set()
-
-    def remaining(self) -> float:
-        return self._view.remaining()
 
 
 def _heartbeat_loop(ref: weakref.ref[LeaseHandle], stop: threading.Event, interval: float) -> None:

@@ -22,20 +22,19 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import URL
 
 from . import errors, validation
 from .db.aengine import DEFAULT_POOL_SIZE, AsyncDatabase, open_async
-from .db.engine import DEFAULT_BUSY_TIMEOUT, Database, Op
+from .db.engine import DEFAULT_BUSY_TIMEOUT, Op
 from .db.schema import init_db, schema_version
-from .heartbeat import LeaseDeadline, failure_text, interval_for
+from .heartbeat import HandleState, failure_text, interval_for
 from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
 from .ops import claim, enqueue, holder, operator, reads, recovery
-from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, Context
+from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS
 from .ops.holder import UNSET
 from .ops.recovery import DEFAULT_RECOVER_BATCH
 from .retry import RetryPolicy
-from .store import StoreClock, open_store_database
+from .store import StoreSettings
 from .types import (
     ClaimResult,
     DeadLetterInfo,
@@ -60,7 +59,7 @@ HAND_BACK_TIMEOUT = 10.0
 __all__ = ["AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore"]
 
 
-class AsyncLeaseStore:
+class AsyncLeaseStore(StoreSettings):
     """The asyncio twin of :class:`leasestore.LeaseStore`: same arguments, same
     results and errors, every operation a coroutine.
 
@@ -80,23 +79,14 @@ class AsyncLeaseStore:
         clock_offset: float = 0.0,
         pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
-        self.clock = StoreClock(clock_offset)
-        self.retry_policy = retry_policy or RetryPolicy()
-        self.default_ttl = validation.ttl(default_ttl)
         pool_size = validation.positive_int(pool_size, "pool_size", 1000)
-        self._db: Database = open_store_database(url, init=init, busy_timeout=busy_timeout,
-                                                 fair_writes=fair_writes, clock=self.clock)
-        self.url = self._db.url
+        super().__init__(url, init=init, busy_timeout=busy_timeout, retry_policy=retry_policy,
+                         default_ttl=default_ttl, fair_writes=fair_writes, clock_offset=clock_offset)
         self._adb: AsyncDatabase = open_async(self._db, pool_size=pool_size)
-        self._ctx = Context(self._db.driver, self.default_ttl, self.retry_policy)
         self._init = init
         self._ready = False
 
     # --- plumbing -----------------------------------------------------------
-    @property
-    def backend(self) -> str:
-        return self._db.driver.name
-
     @property
     def database(self) -> AsyncDatabase:
         """The database and its public runner (``run``/``read``/``write``, awaited)."""
@@ -112,9 +102,6 @@ class AsyncLeaseStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return f"AsyncLeaseStore({self.url.render_as_string(hide_password=True)!r})"
 
     async def _prepare(self) -> None:
         if not self._ready:
@@ -220,47 +207,21 @@ class AsyncLeaseStore:
         return await self._run(reads.events(self._ctx, task_id=task_id, limit=limit, after_id=after_id))
 
 
-class AsyncLeaseHandle:
+class AsyncLeaseHandle(HandleState):
     """A held lease plus what the heartbeat task learned about it."""
 
     def __init__(self, store: AsyncLeaseStore, lease: Lease, claim: ClaimResult, sent_at: float) -> None:
+        super().__init__(lease, claim, sent_at)
         self._store = store
-        self.lease = lease
-        self.claim = claim
-        self.lost = asyncio.Event()
-        self._view = LeaseDeadline(lease, sent_at)
-
-    @property
-    def fencing_token(self) -> int:
-        return self.lease.fencing_token
-
-    @property
-    def lost_reason(self) -> str | None:
-        return self._view.lost_reason
-
-    @property
-    def deadline(self) -> float:
-        """``time.monotonic()`` after which the lease must be presumed gone."""
-        return self._view.deadline
-
-    def held(self) -> bool:
-        return not self.lost.is_set() and self._view.trusted()
-
-    def ensure_held(self) -> None:
-        """Raise :class:`LeaseLost` if the lease is gone or about to run out."""
-        if self.lost.is_set():
-            raise self._view.error()
-        if not self._view.trusted():
-            self.mark_lost("deadline")
-            raise self._view.error("deadline")
+        self.lost: asyncio.Event = asyncio.Event()
 
     async def heartbeat(self, checkpoint: Any = None, *, store_checkpoint: bool = False) -> HeartbeatResult:
         """Extend the lease now; waits no longer than the lease could still be valid."""
         sent_at = time.monotonic()
-        remaining = self._view.remaining()
+        remaining = self.remaining()
         if remaining <= 0:
             self.mark_lost("deadline")
-            raise self._view.error("deadline")
+            raise self.lost_error("deadline")
         try:
             async with asyncio.timeout(remaining):
                 if store_checkpoint:
@@ -272,21 +233,13 @@ class AsyncLeaseHandle:
             raise
         except TimeoutError:
             self.mark_lost("unreachable")
-            raise self._view.error("unreachable") from None
-        self._view.renewed(sent_at)
+            raise self.lost_error("unreachable") from None
+        self.renewed(sent_at)
         return result
 
     async def checkpoint(self, data: Any) -> HeartbeatResult:
         """Store progress now; the next attempt's lease carries it."""
         return await self.heartbeat(data, store_checkpoint=True)
-
-    def mark_lost(self, reason: str) -> None:
-        if not self.lost.is_set():
-            self._view.lost_reason = reason
-            self.lost.set()
-
-    def remaining(self) -> float:
-        return self._view.remaining()
 
 
 async def _heartbeat_task(handle: AsyncLeaseHandle, interval: float) -> None:
@@ -371,7 +324,7 @@ class AsyncLeaseContext:
         except TimeoutError:
             handle.mark_lost("unreachable")
             if exc is None:
-                raise handle._view.error("unreachable") from None
+                raise handle.lost_error("unreachable") from None
         except asyncio.CancelledError:
             await asyncio.wait([releasing], timeout=HAND_BACK_TIMEOUT)
             raise

@@ -7,9 +7,10 @@ numbers and the rules are the same.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from . import errors
-from .types import Lease
+from .types import ClaimResult, Lease
 
 # Renew at a third of the TTL, as etcd's client does: two renewals can fail
 # before the lease runs out.
@@ -45,6 +46,66 @@ class LeaseDeadline:
     def error(self, reason: str | None = None) -> errors.LeaseLost:
         return errors.LeaseLost(self.lease.task_id, reason or self.lost_reason or "lost",
                                 self.lease.fencing_token)
+
+
+class LostFlag(Protocol):
+    """``threading.Event`` for the blocking face, ``asyncio.Event`` for asyncio."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+class HandleState:
+    """What both faces' handles know about their lease, and the same answers to
+    "is it still mine?"."""
+
+    lost: LostFlag
+
+    def __init__(self, lease: Lease, claim: ClaimResult, sent_at: float) -> None:
+        self.lease = lease
+        self.claim = claim
+        self._view = LeaseDeadline(lease, sent_at)
+
+    @property
+    def fencing_token(self) -> int:
+        return self.lease.fencing_token
+
+    @property
+    def lost_reason(self) -> str | None:
+        return self._view.lost_reason
+
+    @property
+    def deadline(self) -> float:
+        """``time.monotonic()`` after which the lease must be presumed gone."""
+        return self._view.deadline
+
+    def held(self) -> bool:
+        return not self.lost.is_set() and self._view.trusted()
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LeaseLost` if the lease is gone or about to run out."""
+        if self.lost.is_set():
+            raise self._view.error()
+        if not self._view.trusted():
+            self.mark_lost("deadline")
+            raise self._view.error("deadline")
+
+    def mark_lost(self, reason: str) -> None:
+        if not self.lost.is_set():
+            self._view.lost_reason = reason
+            self.lost.set()
+
+    def remaining(self) -> float:
+        """Seconds the lease may still be valid (a holder call waits no longer)."""
+        return self._view.remaining()
+
+    def renewed(self, sent_at: float) -> None:
+        """A heartbeat sent at ``sent_at`` succeeded."""
+        self._view.renewed(sent_at)
+
+    def lost_error(self, reason: str | None = None) -> errors.LeaseLost:
+        return self._view.error(reason)
 
 
 def failure_text(exc: BaseException) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import URL
 
 from . import errors, validation
 from .agent import LeaseContext
@@ -60,7 +59,29 @@ def open_store_database(url: str | None, *, init: bool, busy_timeout: float, fai
     return open_database(resolved, clock_offset=clock, busy_timeout=busy_timeout, fair_writes=fair_writes)
 
 
-class LeaseStore:
+class StoreSettings:
+    """What both faces hold: the resolved database, the clock and the settings
+    every operation reads."""
+
+    def __init__(self, url: str | None, *, init: bool, busy_timeout: float, retry_policy: RetryPolicy | None,
+                 default_ttl: float, fair_writes: bool, clock_offset: float) -> None:
+        self.clock = StoreClock(clock_offset)
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.default_ttl = validation.ttl(default_ttl)
+        self._db = open_store_database(url, init=init, busy_timeout=busy_timeout, fair_writes=fair_writes,
+                                       clock=self.clock)
+        self.url = self._db.url
+        self._ctx = Context(self._db.driver, self.default_ttl, self.retry_policy)
+
+    @property
+    def backend(self) -> str:
+        return self._db.driver.name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url.render_as_string(hide_password=True)!r})"
+
+
+class LeaseStore(StoreSettings):
     """A persistent lease store on SQLite (default) or PostgreSQL.
 
     Parameters
@@ -92,21 +113,12 @@ class LeaseStore:
         fair_writes: bool = True,
         clock_offset: float = 0.0,
     ) -> None:
-        self.clock = StoreClock(clock_offset)
-        self.retry_policy = retry_policy or RetryPolicy()
-        self.default_ttl = validation.ttl(default_ttl)
-        self._db = open_store_database(url, init=init, busy_timeout=busy_timeout, fair_writes=fair_writes,
-                                       clock=self.clock)
-        self.url = self._db.url
-        self._ctx = Context(self._db.driver, self.default_ttl, self.retry_policy)
+        super().__init__(url, init=init, busy_timeout=busy_timeout, retry_policy=retry_policy,
+                         default_ttl=default_ttl, fair_writes=fair_writes, clock_offset=clock_offset)
         if init:
             self.init_db(only_if_missing=True)
 
     # --- plumbing -----------------------------------------------------------
-    @property
-    def backend(self) -> str:
-        return self._db.driver.name
-
     @property
     def database(self) -> Database:
         """The database and its public runner (``run``/``read``/``write``)."""
@@ -120,9 +132,6 @@ class LeaseStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"LeaseStore({self.url.render_as_string(hide_password=True)!r})"
 
     def _run(self, op: Op[T]) -> T:
         return self._db.run(op)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from leasestore import NO_BACKOFF, LeaseStore, metrics
+from leasestore import NO_BACKOFF, LeaseStore
 from leasestore.history import (
     EVENT_PER_CHANGE,
     FENCING_MONOTONIC,
