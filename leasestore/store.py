@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from . import errors, validation
 from .agent import LeaseContext
+from .db.driver import Clock
 from .db.engine import DEFAULT_BUSY_TIMEOUT, Database, Op, open_database, sqlite_file_missing
 from .db.schema import init_db, schema_version
 from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
@@ -36,27 +37,17 @@ from .types import (
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_LEASE_TTL", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_RECOVER_BATCH", "LeaseStore", "StoreClock"]
-
-
-class StoreClock:
-    """Seconds added to the database clock; tests move time with ``offset``."""
-
-    def __init__(self, offset: float = 0.0) -> None:
-        self.offset = float(offset)
-
-    def __call__(self) -> float:
-        return self.offset
+__all__ = ["DEFAULT_LEASE_TTL", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_RECOVER_BATCH", "LeaseStore", "StoreSettings"]
 
 
 def open_store_database(url: str | None, *, init: bool, busy_timeout: float, fair_writes: bool,
-                        clock: StoreClock) -> Database:
+                        clock: Clock) -> Database:
     """The database both faces open: the URL resolved, a missing SQLite file
     refused when the schema is not to be created."""
     resolved = resolve_database_url(url)
     if not init and sqlite_file_missing(resolved):
         raise errors.SchemaNotInitialized(f"no database at {resolved.database}: run `leasestore init-db`")
-    return open_database(resolved, clock_offset=clock, busy_timeout=busy_timeout, fair_writes=fair_writes)
+    return open_database(resolved, clock=clock, busy_timeout=busy_timeout, fair_writes=fair_writes)
 
 
 class StoreSettings:
@@ -65,7 +56,7 @@ class StoreSettings:
 
     def __init__(self, url: str | None, *, init: bool, busy_timeout: float, retry_policy: RetryPolicy | None,
                  default_ttl: float, fair_writes: bool, clock_offset: float) -> None:
-        self.clock = StoreClock(clock_offset)
+        self.clock = Clock(clock_offset)
         self.retry_policy = retry_policy or RetryPolicy()
         self.default_ttl = validation.ttl(default_ttl)
         self._db = open_store_database(url, init=init, busy_timeout=busy_timeout, fair_writes=fair_writes,

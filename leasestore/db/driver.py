@@ -165,6 +165,20 @@ class ReleaseParams:
     dead_letter_reason: str | None  # set when the release dead-letters the task
 
 
+class Clock:
+    """How the store reads the database clock: ``offset`` seconds are added
+    (tests move time with it), or, when ``frozen`` is set, that instant is the
+    time (tests pin a boundary exactly, on both backends)."""
+
+    def __init__(self, offset: float = 0.0) -> None:
+        self.offset = float(offset)
+        self.frozen: float | None = None
+
+    def params(self) -> dict[str, float | None]:
+        """The parameters of a PostgreSQL clock expression."""
+        return {"offset": self.offset, "frozen": self.frozen}
+
+
 class Driver:
     """Statements both backends share; subclasses override what they do their own way."""
 
@@ -173,8 +187,8 @@ class Driver:
     begin_write_sql: ClassVar[str]
     begin_read_sql: ClassVar[str]
 
-    def __init__(self, clock_offset: Callable[[], float]) -> None:
-        self._offset = clock_offset
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
         self._texts: dict[str, str] = {}
 
     # --- statements -------------------------------------------------------

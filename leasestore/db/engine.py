@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from .. import errors
-from .driver import Driver, Fetch, Step, Stmt, Tx
+from .driver import Clock, Driver, Fetch, Step, Stmt, Tx
 from .postgresql import PostgresDriver, connect_kwargs
 from .sqlite import SqliteDriver, WriteGate, check_version, configure_connection
 
@@ -202,7 +202,7 @@ def committed_query(driver: Driver, sql: str, params: Mapping[str, Any] | None) 
 def open_database(
     url: URL,
     *,
-    clock_offset: Callable[[], float] = lambda: 0.0,
+    clock: Clock | None = None,
     busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
     fair_writes: bool = True,
     create_directories: bool = True,
@@ -226,7 +226,7 @@ def open_database(
             configure_connection(dbapi_connection, busy_ms)
 
         gate = WriteGate(str(path) + ".lock", busy_timeout) if fair_writes else None
-        return Database(engine, SqliteDriver(clock_offset, gate), url)
+        return Database(engine, SqliteDriver(clock or Clock(), gate), url)
 
     if backend == "postgresql":
         _conninfo, kwargs = connect_kwargs(url)
@@ -237,7 +237,7 @@ def open_database(
             pool_size=4,
             max_overflow=8,
         )
-        return Database(engine, PostgresDriver(clock_offset), url)
+        return Database(engine, PostgresDriver(clock or Clock()), url)
 
     raise errors.ConfigurationError(f"unsupported database {backend!r}")
 

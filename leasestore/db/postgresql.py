@@ -23,7 +23,10 @@ from . import queries as q
 from .driver import ClaimNextKind, ClaimNextRow, ClaimParams, Driver, ExtendParams, Fetch, ReleaseParams, Step, Stmt
 from .rows import CandidateRow, ExpiredRow, ExtendRow, LeaseRow, PendingRow, ReleaseRow, TaskRow
 
-NOW = "SELECT extract(epoch from clock_timestamp())::float8 + %(offset)s"
+# The server's clock, read when evaluated (``clock_timestamp()``, not the
+# transaction's start), plus the store's offset, or the store's frozen instant.
+CLOCK = "COALESCE(%(frozen)s::float8, extract(epoch from clock_timestamp())::float8 + %(offset)s)"
+NOW = f"SELECT {CLOCK}"
 
 # The shared selects, each locking its row; claimers and sweepers skip rows
 # another transaction holds.
@@ -60,7 +63,7 @@ class PostgresDriver(Driver):
     begin_read_sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
     def now(self) -> Step[float]:
-        row = yield Stmt(NOW, {"offset": self._offset()}, Fetch.ONE)
+        row = yield Stmt(NOW, self.clock.params(), Fetch.ONE)
         return float(row[0])
 
     def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
@@ -80,7 +83,7 @@ class PostgresDriver(Driver):
         return [ExpiredRow.from_row(r) for r in rows]
 
     def claim_next(self, p: ClaimParams) -> Step[ClaimNextRow]:
-        row = yield Stmt(CLAIM_NEXT, {"offset": self._offset(), "queue": p.queue, "owner": p.owner,
+        row = yield Stmt(CLAIM_NEXT, {**self.clock.params(), "queue": p.queue, "owner": p.owner,
                                       "token_hash": p.token_hash, "ttl": p.ttl, "resume": p.resume},
                          Fetch.ONE)
         if row is None:
@@ -91,13 +94,13 @@ class PostgresDriver(Driver):
         return ClaimNextRow(ClaimNextKind.ACQUIRED, lease=lease, task_id=lease.task_id)
 
     def extend(self, p: ExtendParams) -> Step[ExtendRow | None]:
-        row = yield Stmt(HEARTBEAT, {"offset": self._offset(), "id": p.task_id, "token_hash": p.token_hash,
+        row = yield Stmt(HEARTBEAT, {**self.clock.params(), "id": p.task_id, "token_hash": p.token_hash,
                                      "fence": p.fence, "ttl": p.ttl, "checkpoint": p.checkpoint,
                                      "checkpointing": p.checkpointing}, Fetch.ONE)
         return ExtendRow.from_row(row) if row is not None else None
 
     def release(self, p: ReleaseParams) -> Step[ReleaseRow | None]:
-        row = yield Stmt(RELEASE, {"offset": self._offset(), "id": p.task_id, "token_hash": p.token_hash,
+        row = yield Stmt(RELEASE, {**self.clock.params(), "id": p.task_id, "token_hash": p.token_hash,
                                    "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
                                    "error": p.error, "kind": p.event_kind, "reason": p.event_reason,
                                    "attempt": p.attempt, "lock_detail": p.lock_outcome_detail,
@@ -147,8 +150,14 @@ def _first_line(exc: BaseException) -> str:
 # Each is a single autocommitted statement (data-modifying CTEs), so a claim or
 # a release costs one round trip instead of six. They write exactly the rows the
 # generic multi-statement path writes.
+# A holder's write may wait for a row lock another writer holds. Its clock is
+# read only once the row is locked (``clock`` reads from ``locked``), so expiry
+# is judged as of the write, not as of before the wait. The claim needs no such
+# care: it skips locked rows instead of waiting for them.
 
-_CLOCK = "clock AS (SELECT extract(epoch from clock_timestamp())::float8 + %(offset)s AS now)"
+_CLOCK = f"clock AS (SELECT {CLOCK} AS now)"
+_LOCKED_CLOCK = f"""locked AS (SELECT id FROM tasks WHERE id = %(id)s FOR UPDATE),
+clock AS (SELECT {CLOCK} AS now FROM locked)"""
 
 CLAIM_NEXT = f"""
 WITH {_CLOCK},
@@ -199,7 +208,7 @@ SELECT 'expired', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM expire
 
 # A dead-lettering release also opens its dead letter; the event's detail names it.
 RELEASE = f"""
-WITH {_CLOCK},
+WITH {_LOCKED_CLOCK},
 upd AS (
   UPDATE tasks t SET status = %(to_status)s::text, lease_token_hash = NULL, lease_expires_at = NULL,
          available_at = clock.now + %(delay)s, last_error = %(error)s, updated_at = clock.now
@@ -234,7 +243,7 @@ SELECT queue, owner, available_at, (SELECT id FROM dl) FROM upd
 
 # ``%(checkpointing)s`` false leaves the stored checkpoint as it is and writes no event.
 HEARTBEAT = f"""
-WITH {_CLOCK},
+WITH {_LOCKED_CLOCK},
 upd AS (
   UPDATE tasks t SET lease_expires_at = clock.now + %(ttl)s, updated_at = clock.now,
          checkpoint = CASE WHEN %(checkpointing)s THEN %(checkpoint)s::text ELSE t.checkpoint END

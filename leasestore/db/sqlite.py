@@ -27,7 +27,7 @@ from .. import errors
 from . import audit
 from ..models import LockOutcome, TaskStatus
 from . import queries as q
-from .driver import ClaimNextKind, ClaimNextRow, ClaimParams, Driver, ExtendParams, ReleaseParams, Step
+from .driver import ClaimNextKind, Clock, ClaimNextRow, ClaimParams, Driver, ExtendParams, ReleaseParams, Step
 from .rows import ExtendRow, ReleaseRow
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
@@ -106,8 +106,8 @@ class SqliteDriver(Driver):
     begin_write_sql = "BEGIN IMMEDIATE"  # the write lock up front: no SQLITE_BUSY_SNAPSHOT later
     begin_read_sql = "BEGIN"
 
-    def __init__(self, clock_offset: Callable[[], float], gate: WriteGate | None) -> None:
-        super().__init__(clock_offset)
+    def __init__(self, clock: Clock, gate: WriteGate | None) -> None:
+        super().__init__(clock)
         self.gate = gate
 
     def write_gate(self) -> AbstractContextManager[None]:
@@ -116,7 +116,8 @@ class SqliteDriver(Driver):
     def now(self) -> Step[float]:
         # No server: every process on the host shares this clock, and WAL does
         # not work across hosts anyway.
-        return time.time() + self._offset()
+        frozen = self.clock.frozen
+        return frozen if frozen is not None else time.time() + self.clock.offset
         yield  # pragma: no cover - makes this a step that yields nothing
 
     def claim_next(self, p: ClaimParams) -> Step[ClaimNextRow]:

@@ -81,6 +81,9 @@ class _Claim:
         row = yield from self.d.task_for_update(self.task_id)
         if row is None or (self.queue is not None and row.queue != self.queue):
             raise errors.TaskNotFound(self.task_id)
+        # The row lock may have been waited for: judge time as of now, not as
+        # of the transaction's start.
+        now = yield from self.d.now()
         if row.status == TaskStatus.PENDING:
             if row.available_at > now:
                 return ClaimResult(ClaimStatus.NO_TASK, task_id=row.id)

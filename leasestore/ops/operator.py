@@ -23,6 +23,7 @@ def revoke_lease(ctx: Context, task_id: str, *, reason: str) -> Op[None]:
             raise errors.TaskNotFound(task_id)
         if row.status != TaskStatus.LEASED:
             raise errors.InvalidTransition(f"task {task_id!r} is {row.status}, not leased")
+        now = yield from d.now()  # after the row lock, which may have been waited for
         yield from d.end_lease(now, task_id, row.fencing_token, TaskStatus.PENDING, note)
         yield from d.insert_event(now, Event(task_id, row.queue, EventKind.REVOKED, TaskStatus.LEASED,
                                              TaskStatus.PENDING, owner=row.owner, fence=row.fencing_token,
