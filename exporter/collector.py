@@ -109,8 +109,10 @@ class StoreCollector(Collector):
         families: list[Metric] = [
             _gauge(m.gauge, m.help, float(counts[m.key])) for m in METRICS
         ]
+        # The alert rules compare this with the window they are written for (== 3600).
         families.append(_gauge("leasestore_metrics_window_seconds",
-                               "Window of the windowed health gauges.", self._window * 60.0))
+                               "Window of the windowed health gauges (--window), in seconds.",
+                               self._window * 60.0))
         families.append(_counter("leasestore_stale_recoveries",
                                  "Stale-lease recoveries attempted (recovered, dead-lettered or failed).",
                                  locks.get("recovered", 0) + locks.get("recover_dead_lettered", 0)
