@@ -9,6 +9,7 @@ on several hosts.
 
 from .agent import LeaseContext, LeaseHandle
 from .errors import (
+    ClockBehind,
     ConfigurationError,
     DeadLetterNotFound,
     DuplicateKey,
@@ -45,7 +46,7 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore", "ClaimResult", "ClaimStatus", "ConfigurationError",
+    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore", "ClaimResult", "ClaimStatus", "ClockBehind", "ConfigurationError",
     "DeadLetterInfo", "DeadLetterNotFound", "DuplicateKey", "EnqueueResult", "EventKind", "HeartbeatResult",
     "InvalidArgument", "InvalidTransition", "Lease", "LeaseContext", "LeaseHandle", "LeaseLost",
     "LeaseRef", "LeaseStore", "LeaseStoreError", "LockOutcome", "RecoveryReport", "ReleaseOutcome",

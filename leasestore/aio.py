@@ -34,7 +34,7 @@ from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS
 from .ops.holder import UNSET
 from .ops.recovery import DEFAULT_RECOVER_BATCH
 from .retry import RetryPolicy
-from .store import StoreSettings
+from .store import DEFAULT_CLOCK_TOLERANCE, StoreSettings
 from .types import (
     ClaimResult,
     DeadLetterInfo,
@@ -77,11 +77,13 @@ class AsyncLeaseStore(StoreSettings):
         default_ttl: float = DEFAULT_LEASE_TTL,
         fair_writes: bool = True,
         clock_offset: float = 0.0,
+        clock_tolerance: float | None = DEFAULT_CLOCK_TOLERANCE,
         pool_size: int = DEFAULT_POOL_SIZE,
     ) -> None:
         pool_size = validation.positive_int(pool_size, "pool_size", 1000)
         super().__init__(url, init=init, busy_timeout=busy_timeout, retry_policy=retry_policy,
-                         default_ttl=default_ttl, fair_writes=fair_writes, clock_offset=clock_offset)
+                         default_ttl=default_ttl, fair_writes=fair_writes, clock_offset=clock_offset,
+                         clock_tolerance=clock_tolerance)
         self._adb: AsyncDatabase = open_async(self._db, pool_size=pool_size)
         self._init = init
         self._ready = False
@@ -214,6 +216,11 @@ class AsyncLeaseHandle(HandleState):
         super().__init__(lease, claim, sent_at)
         self._store = store
         self.lost: asyncio.Event = asyncio.Event()
+        # One holder call at a time, and none once the block has ended: the
+        # release must not overtake a heartbeat still waiting for a connection
+        # (a cancelled wait can still go through on Python 3.11).
+        self._calls = asyncio.Lock()
+        self._ended = False
 
     async def heartbeat(self, checkpoint: Any = None, *, store_checkpoint: bool = False) -> HeartbeatResult:
         """Extend the lease now; waits no longer than the lease could still be valid."""
@@ -222,24 +229,36 @@ class AsyncLeaseHandle(HandleState):
         if remaining <= 0:
             self.mark_lost("deadline")
             raise self.lost_error("deadline")
+        result: HeartbeatResult | None = None
         try:
-            async with asyncio.timeout(remaining):
-                if store_checkpoint:
-                    result = await self._store.heartbeat(self.lease, checkpoint=checkpoint)
-                else:
-                    result = await self._store.heartbeat(self.lease)
+            async with asyncio.timeout(remaining), self._calls:
+                if not self._ended:
+                    result = await self._store.heartbeat(
+                        self.lease, **({"checkpoint": checkpoint} if store_checkpoint else {}))
         except errors.LeaseLost as exc:
             self.mark_lost(exc.reason)
             raise
         except TimeoutError:
             self.mark_lost("unreachable")
             raise self.lost_error("unreachable") from None
+        if result is None:  # the block has ended: its release decides, not this call
+            raise self.lost_error("released")
         self.renewed(sent_at)
         return result
 
     async def checkpoint(self, data: Any) -> HeartbeatResult:
         """Store progress now; the next attempt's lease carries it."""
         return await self.heartbeat(data, store_checkpoint=True)
+
+    def stop_calls(self) -> None:
+        """No holder call starts from now on (the block is ending)."""
+        self._ended = True
+
+    async def end(self, outcome: ReleaseOutcome, error: str | None, retry_in: float | None) -> ReleaseResult:
+        """Release the lease after any holder call still in flight; no call starts after it."""
+        self.stop_calls()
+        async with self._calls:
+            return await self._store.release_task(self.lease, outcome, error, retry_in=retry_in)
 
 
 async def _heartbeat_task(handle: AsyncLeaseHandle, interval: float) -> None:
@@ -307,11 +326,11 @@ class AsyncLeaseContext:
                 raise errors.LeaseLost(handle.lease.task_id, handle.lost_reason or "lost", handle.fencing_token)
             return
         if exc is None:
-            release = self._store.release_task(handle.lease, ReleaseOutcome.DONE)
+            release = handle.end(ReleaseOutcome.DONE, None, None)
         elif isinstance(exc, asyncio.CancelledError):
-            release = self._store.release_task(handle.lease, ReleaseOutcome.FAILED, CANCELLED_ERROR, retry_in=0)
+            release = handle.end(ReleaseOutcome.FAILED, CANCELLED_ERROR, 0)
         else:
-            release = self._store.release_task(handle.lease, ReleaseOutcome.FAILED, failure_text(exc))
+            release = handle.end(ReleaseOutcome.FAILED, failure_text(exc), None)
         # Shielded: a second cancellation must not leave the task leased until its TTL.
         releasing = asyncio.ensure_future(release)
         try:
@@ -333,6 +352,7 @@ class AsyncLeaseContext:
         beat = self._beat
         if beat is None:
             return
+        handle.stop_calls()
         beat.cancel()
         # An in-flight heartbeat is bounded by the lease's remaining validity.
         await asyncio.wait([beat], timeout=max(handle.remaining(), 0.001))

@@ -1,7 +1,8 @@
 """The ``leasestore`` command.
 
 Every command finds the database by the library's rules (``--db``, then
-``LEASESTORE_DATABASE_URL``, then ``ORCH_DB_PATH``, then the default file).
+``LEASESTORE_DATABASE_URL``, then ``ORCH_DB_PATH``, then the default file); an
+empty ``--db`` (or variable) is refused, never read as "the default".
 Errors print one line on stderr and exit non-zero; there are no tracebacks
 unless ``LEASESTORE_DEBUG=1``.
 """
@@ -21,6 +22,7 @@ from rich.table import Table
 from . import errors
 from .metrics import DEFAULT_WINDOW_MINUTES, MetricsReport, compute_metrics, record_alerts
 from .models import ReleaseOutcome
+from .settings import not_empty
 from .store import DEFAULT_LEASE_TTL, LeaseStore
 from .types import LeaseRef
 
@@ -50,8 +52,17 @@ def _root(db: DbOption = None) -> None:
     state.db = db
 
 
+def _db(db: str | None) -> str | None:
+    """The command's ``--db``, else the one before the command; ``--db ''`` (a
+    script's unset variable) is refused rather than read as "the default"."""
+    value = db if db is not None else state.db
+    if value is not None:
+        not_empty(value, "--db is empty")
+    return value
+
+
 def _open(db: str | None, *, create: bool = False) -> LeaseStore:
-    return LeaseStore(db or state.db, init=create)
+    return LeaseStore(_db(db), init=create)
 
 
 def _parse_json(text: str | None, what: str) -> Any:
@@ -336,7 +347,11 @@ def metrics(
     with _open(db) as store:
         report = compute_metrics(store, window)
         if record:
-            record_alerts(store, report)
+            try:
+                record_alerts(store, report)
+            except errors.StoreReadOnly as exc:
+                # Reading the metrics is what was asked; say why no alerts rows were kept.
+                err.print(f"note: alerts not recorded: {exc}", markup=False)
     if as_json:
         _emit_json(report.as_dict())
     else:
@@ -360,7 +375,7 @@ def exporter(
     from exporter import server
 
     argv = ["--host", host, "--window", str(window)]
-    options = {"--port": port, "--db": db or state.db, "--tls-cert": tls_cert, "--tls-key": tls_key,
+    options = {"--port": port, "--db": _db(db), "--tls-cert": tls_cert, "--tls-key": tls_key,
                "--basic-auth-user": basic_auth_user, "--basic-auth-password-file": basic_auth_password_file}
     for flag, value in options.items():
         if value is not None:
@@ -379,13 +394,13 @@ def demo(
     """Watch the store work: agents drain a queue, one is killed mid-task, its task is recovered."""
     from .demo import run_demo
 
-    raise typer.Exit(run_demo(workers=workers, tasks=tasks, db=db or state.db, console=out))
+    raise typer.Exit(run_demo(workers=workers, tasks=tasks, db=_db(db), console=out))
 
 
 def _phase3_common(workers: int, tasks: int, iterations: int, fail_rate: float, ttl: float,
                    report_dir: str, max_seconds: float, db: str | None) -> dict[str, Any]:
     return {"workers": workers, "tasks": tasks, "iterations": iterations, "fail_rate": fail_rate,
-            "ttl": ttl, "report_dir": report_dir, "max_seconds": max_seconds, "db_url": db or state.db,
+            "ttl": ttl, "report_dir": report_dir, "max_seconds": max_seconds, "db_url": _db(db),
             "console": out}
 
 

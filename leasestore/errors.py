@@ -16,7 +16,8 @@ the default message, so callers can print ``str(exc)`` as one clear line::
     └── StoreUnavailable            the database could not be reached or written (retryable)
         ├── StoreBusy               SQLite write lock not obtained within busy_timeout
         ├── StoreReadOnly           the database refuses writes
-        └── StoreFull               the disk or the database size limit is full
+        ├── StoreFull               the disk or the database size limit is full
+        └── ClockBehind             (SQLite) this host's clock is behind the store's time
 
 "busy" and "noTask" are claim *results*, not errors.
 """
@@ -108,6 +109,19 @@ class StoreReadOnly(StoreUnavailable):
 
 class StoreFull(StoreUnavailable):
     """The database or its disk is full."""
+
+
+class ClockBehind(StoreUnavailable):
+    """This process's clock is behind the store's time by more than the tolerance.
+
+    The store refuses its writes (they would judge leases on the wrong time)
+    until the clock catches up or an operator resets the store's time."""
+
+    def __init__(self, behind: float, tolerance: float) -> None:
+        self.behind = behind
+        self.tolerance = tolerance
+        super().__init__(f"this host's clock is {behind:.3f} s behind the store's time (tolerance "
+                         f"{tolerance:g} s): fix the clock, or run `leasestore clock --reset` once it is right")
 
 
 class DuplicateKey(LeaseStoreError):

@@ -52,7 +52,15 @@ TERMINAL_ONCE = "terminal_once"
 EVENT_PER_CHANGE = "event_per_change"
 NOT_DRAINED = "not_drained"
 METRICS_MATCH_LOG = "metrics_match_log"  # invariant 5, checked by check_metrics
-INVARIANTS = (SINGLE_HOLDER, FENCING_MONOTONIC, TERMINAL_ONCE, EVENT_PER_CHANGE, NOT_DRAINED, METRICS_MATCH_LOG)
+# Each event carries its writer's clock, so a writer whose clock was stepped
+# back would pass every other check: in id order, time must not go backwards
+# by more than the tolerance.
+CLOCK_STEP = "clock_step"
+INVARIANTS = (SINGLE_HOLDER, FENCING_MONOTONIC, TERMINAL_ONCE, EVENT_PER_CHANGE, NOT_DRAINED, METRICS_MATCH_LOG,
+              CLOCK_STEP)
+# Commits on PostgreSQL may land out of id order by a transaction's length; a
+# clock stepped back by more than this is reported.
+DEFAULT_CLOCK_STEP_TOLERANCE = 5.0
 
 TERMINAL = (TaskStatus.DONE.value, TaskStatus.DEAD.value)
 PAGE_SIZE = 5000
@@ -233,15 +241,20 @@ def check_events(
     final_status: Mapping[str, str] | None = None,
     *,
     require_drained: bool = True,
+    clock_step_tolerance: float | None = DEFAULT_CLOCK_STEP_TOLERANCE,
 ) -> HistoryReport:
     """Replay ``event_log`` rows (dicts with its columns) and report every violation.
 
     ``final_status`` (task id → status from the ``tasks`` table), when given,
     must agree with where each task's log ends, and names tasks that have no
     event at all. With ``require_drained``, every task must end done or dead.
+    An event whose time is more than ``clock_step_tolerance`` seconds before an
+    earlier event's (in id order) is a ``clock_step``; None skips that check.
     """
     checker = _Checker()
     rows = list(events)
+    if clock_step_tolerance is not None:
+        _check_clock(checker, rows, clock_step_tolerance)
     seen_ids: set[int] = set()
     per_task: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for e in rows:
@@ -314,14 +327,30 @@ def read_snapshot(store: LeaseStore, *, queue: str | None = None,
     return store.database.read(body)
 
 
-def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str | None = None) -> HistoryReport:
+def _check_clock(checker: _Checker, rows: list[Mapping[str, Any]], tolerance: float) -> None:
+    latest: float | None = None
+    for e in sorted(rows, key=lambda r: _int_or_none(r.get("id")) or 0):
+        try:
+            ts = float(e["ts"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if latest is not None and ts < latest - tolerance:
+            checker.flag(CLOCK_STEP, e.get("task_id"), _int_or_none(e.get("id")),
+                         f"written at {ts:.3f}, {latest - ts:.3f} s before an earlier event: "
+                         f"a writer's clock was behind")
+        latest = ts if latest is None else max(latest, ts)
+
+
+def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str | None = None,
+                  clock_step_tolerance: float | None = DEFAULT_CLOCK_STEP_TOLERANCE) -> HistoryReport:
     """Check everything the store has recorded, or one queue's tasks (see :func:`check_events`).
 
     Safe while workers are still running (then pass ``require_drained=False``):
     the log and the statuses are read from one snapshot.
     """
     events, final = read_snapshot(store, queue=queue)
-    return check_events(events, final, require_drained=require_drained)
+    return check_events(events, final, require_drained=require_drained,
+                        clock_step_tolerance=clock_step_tolerance)
 
 
 # --- invariant 5: the metrics say what the log says ----------------------------

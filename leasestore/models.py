@@ -58,6 +58,7 @@ class LockOutcome(StrEnum):
     RECOVER_DEAD_LETTERED = "recover_dead_lettered"
     RECOVER_FAILED = "recover_failed"
     REVOKED = "revoked"
+    CLOCK_BEHIND = "clock_behind"  # a write refused: the writer's clock is behind the store's time
 
 
 class LockOp(StrEnum):
@@ -66,6 +67,7 @@ class LockOp(StrEnum):
     RELEASE = "release"
     RECOVER = "recover"
     REVOKE = "revoke"
+    WRITE = "write"  # any write, refused before it started (clock_behind)
 
 
 class DeadLetterStatus(StrEnum):

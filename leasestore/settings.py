@@ -1,7 +1,10 @@
 """The only reader of leasestore's environment variables.
 
 ``LEASESTORE_DATABASE_URL`` (a SQLAlchemy URL) wins over ``ORCH_DB_PATH`` (a
-SQLite file), which wins over ``~/.openclaw/data/orchestrator.db``.
+SQLite file), which wins over ``~/.openclaw/data/orchestrator.db``. Only an
+*unset* variable falls through: one set to an empty (or blank) value is refused,
+as is an empty explicit value, so a script passing ``--db "$UNSET_VAR"`` never
+lands on the default store.
 Alert thresholds come from ``METRICS_THRESHOLD_*`` with the seed's defaults.
 """
 
@@ -24,10 +27,20 @@ DEFAULT_DB_PATH = Path("~/.openclaw/data/orchestrator.db")
 SUPPORTED_DRIVERS = {"sqlite": "sqlite", "postgresql": "postgresql+psycopg"}
 
 
+def not_empty(raw: str, problem: str, wanted: str = "a SQLite path or a database URL") -> str:
+    """``raw`` unless it is empty or blank: then a :class:`ConfigurationError`
+    saying ``problem`` (an explicitly empty value must never mean "the default")."""
+    if raw.strip():
+        return raw
+    raise ConfigurationError(f"{problem}: give {wanted}, or leave it unset to use the default store")
+
+
 def default_sqlite_path(env: Mapping[str, str] | None = None) -> Path:
     env = os.environ if env is None else env
-    raw = env.get(DB_PATH_ENV) or str(DEFAULT_DB_PATH)
-    return Path(raw).expanduser()
+    raw = env.get(DB_PATH_ENV)
+    if raw is None:
+        return DEFAULT_DB_PATH.expanduser()
+    return Path(not_empty(raw, f"{DB_PATH_ENV} is set but empty", "a SQLite path")).expanduser()
 
 
 def resolve_database_url(
@@ -35,12 +48,18 @@ def resolve_database_url(
 ) -> URL:
     """Return the SQLAlchemy URL the store should use, validated.
 
-    An explicit value may be a URL or a plain path to a SQLite file.
+    An explicit value may be a URL or a plain path to a SQLite file; ``None``
+    means the environment's choice. An empty or blank value, explicit or in
+    ``LEASESTORE_DATABASE_URL``/``ORCH_DB_PATH``, raises :class:`ConfigurationError`.
     """
     env = os.environ if env is None else env
-    raw = explicit or env.get(DATABASE_URL_ENV)
-    if not raw:
-        return sqlite_url(default_sqlite_path(env))
+    if explicit is not None:
+        raw = not_empty(explicit, "the database URL is empty")
+    else:
+        from_env = env.get(DATABASE_URL_ENV)
+        if from_env is None:
+            return sqlite_url(default_sqlite_path(env))
+        raw = not_empty(from_env, f"{DATABASE_URL_ENV} is set but empty")
     if "://" not in raw:
         return sqlite_url(Path(raw).expanduser())
     try:

@@ -37,7 +37,10 @@ from .types import (
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_LEASE_TTL", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_RECOVER_BATCH", "LeaseStore", "StoreSettings"]
+# Larger than any slew NTP makes, smaller than the TTLs agents use.
+DEFAULT_CLOCK_TOLERANCE = 5.0
+
+__all__ = ["DEFAULT_LEASE_TTL", "DEFAULT_MAX_ATTEMPTS", "DEFAULT_CLOCK_TOLERANCE", "DEFAULT_RECOVER_BATCH", "LeaseStore", "StoreSettings"]
 
 
 def open_store_database(url: str | None, *, init: bool, busy_timeout: float, fair_writes: bool,
@@ -55,8 +58,10 @@ class StoreSettings:
     every operation reads."""
 
     def __init__(self, url: str | None, *, init: bool, busy_timeout: float, retry_policy: RetryPolicy | None,
-                 default_ttl: float, fair_writes: bool, clock_offset: float) -> None:
-        self.clock = Clock(clock_offset)
+                 default_ttl: float, fair_writes: bool, clock_offset: float, clock_tolerance: float | None) -> None:
+        if clock_tolerance is not None:
+            clock_tolerance = validation.seconds(clock_tolerance, "clock_tolerance", 0.0, 86_400.0)
+        self.clock = Clock(clock_offset, clock_tolerance)
         self.retry_policy = retry_policy or RetryPolicy()
         self.default_ttl = validation.ttl(default_ttl)
         self._db = open_store_database(url, init=init, busy_timeout=busy_timeout, fair_writes=fair_writes,
@@ -91,6 +96,10 @@ class LeaseStore(StoreSettings):
         Lease TTL, seconds, for claims that name none.
     clock_offset:
         Seconds added to the database clock (tests move time with it).
+    clock_tolerance:
+        SQLite only: how many seconds this process's clock may be behind the
+        store's time (the latest clock any writer used) before its writes are
+        refused with :class:`ClockBehind`; None turns the check off.
     """
 
     def __init__(
@@ -103,9 +112,11 @@ class LeaseStore(StoreSettings):
         default_ttl: float = DEFAULT_LEASE_TTL,
         fair_writes: bool = True,
         clock_offset: float = 0.0,
+        clock_tolerance: float | None = DEFAULT_CLOCK_TOLERANCE,
     ) -> None:
         super().__init__(url, init=init, busy_timeout=busy_timeout, retry_policy=retry_policy,
-                         default_ttl=default_ttl, fair_writes=fair_writes, clock_offset=clock_offset)
+                         default_ttl=default_ttl, fair_writes=fair_writes, clock_offset=clock_offset,
+                         clock_tolerance=clock_tolerance)
         if init:
             self.init_db(only_if_missing=True)
 

@@ -130,3 +130,89 @@ def test_a_holder_write_that_waited_past_expiry_is_refused(pg_url: str, face: st
         store.close()
 
 
+
+
+# --- SQLite: a writer whose clock is behind the store's time -------------------------------
+
+
+def test_a_writer_behind_the_store_time_is_refused(sqlite_url: str, face: str) -> None:
+    """One process's clock runs a minute behind (a step back, a faked clock): its
+    writes are refused with ClockBehind, each refusal is recorded, nothing else
+    changes, and the history checker would have seen its events go back in time."""
+    from leasestore import ClockBehind
+
+    with LeaseStore(sqlite_url) as ahead:
+        ahead.enqueue("q", task_id="t1")
+        lease = ahead.claim_task("q", "a", ttl=600).lease
+        assert lease is not None
+        before = ahead.database.query("SELECT COUNT(*) FROM event_log")[0][0]
+    behind = open_store(face, sqlite_url, clock_offset=-60.0)
+    try:
+        for write in (lambda: behind.enqueue("q", task_id="t2"), lambda: behind.claim_task("q", "b"),
+                      lambda: behind.heartbeat(lease), lambda: behind.release_task(lease, "done"),
+                      lambda: behind.recover_stale()):
+            with pytest.raises(ClockBehind) as refused:
+                write()
+            assert 59 < refused.value.behind < 61
+        assert behind.get_task("t1").status == "leased"  # reads still work
+        assert behind.database.query("SELECT COUNT(*) FROM event_log")[0][0] == before
+        rows = behind.database.query("SELECT op, outcome, detail FROM lock_events WHERE outcome = 'clock_behind'")
+        assert len(rows) == 5 and all(r[0] == "write" for r in rows)
+    finally:
+        behind.close()
+
+
+def test_within_the_tolerance_writes_go_on(sqlite_url: str) -> None:
+    with LeaseStore(sqlite_url) as now:
+        now.enqueue("q", task_id="t1")
+        lease = now.claim_task("q", "a", ttl=60).lease
+        assert lease is not None
+    with LeaseStore(sqlite_url, clock_offset=-2.0) as slightly_behind:
+        slightly_behind.heartbeat(lease)
+        assert slightly_behind.release_task(lease, "done").result == "done"
+
+
+def test_a_process_with_its_clock_behind_is_refused(sqlite_url: str) -> None:
+    """The same across processes: a separate agent process whose clock is 30 s behind."""
+    import subprocess
+    import sys
+
+    with LeaseStore(sqlite_url) as store:
+        store.enqueue_many("q", [None, None])
+        assert store.claim_task("q", "a").lease is not None
+    script = ("import sys\nfrom leasestore import LeaseStore, ClockBehind\n"
+              "s = LeaseStore(sys.argv[1], init=False, clock_offset=-30.0)\n"
+              "try:\n    s.claim_task('q', 'late')\nexcept ClockBehind as e:\n    print('refused', e.behind)\n")
+    done = subprocess.run([sys.executable, "-c", script, sqlite_url], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    word, behind = done.stdout.split()
+    assert word == "refused" and 25 < float(behind) <= 30
+
+
+def test_the_history_checker_sees_a_clock_stepped_back(sqlite_url: str) -> None:
+    """With the store's check turned off, a stepped-back writer's events are flagged."""
+    from leasestore.history import CLOCK_STEP, check_history
+
+    with LeaseStore(sqlite_url) as store:
+        store.enqueue("q", task_id="t1")
+    with LeaseStore(sqlite_url, clock_offset=-60.0, clock_tolerance=None) as unchecked:
+        unchecked.enqueue("q", task_id="t2")
+    with LeaseStore(sqlite_url) as store:
+        report = check_history(store, require_drained=False)
+    assert [v.invariant for v in report.violations] == [CLOCK_STEP]
+    assert report.violations[0].task_id == "t2"
+
+
+def test_the_exporter_counts_clock_refusals(sqlite_url: str) -> None:
+    from leasestore import ClockBehind
+    from prometheus_client import CollectorRegistry
+    from exporter.collector import StoreCollector
+
+    with LeaseStore(sqlite_url) as store:
+        store.enqueue("q")
+    with LeaseStore(sqlite_url, clock_offset=-60.0) as behind, pytest.raises(ClockBehind):
+        behind.claim_task("q", "b")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(sqlite_url))
+    value = registry.get_sample_value("leasestore_lock_events_total", {"outcome": "clock_behind"})
+    assert value == 1.0

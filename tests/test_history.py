@@ -35,7 +35,9 @@ class Log:
     def add(self, task: str, kind: str, frm: str | None, to: str, *, owner: str | None = None,
             fence: int | None = None, ts: float | None = None, detail: dict[str, Any] | None = None) -> int:
         eid = len(self.rows) + 1
-        self.rows.append({"id": eid, "ts": float(eid) if ts is None else ts, "task_id": task, "queue": "q",
+        if ts is None:  # the store's time moves forward with the log
+            ts = max([float(eid)] + [r["ts"] for r in self.rows])
+        self.rows.append({"id": eid, "ts": ts, "task_id": task, "queue": "q",
                           "kind": kind, "from_status": frm, "to_status": to, "owner": owner,
                           "fencing_token": fence, "attempt": None, "reason": None,
                           "detail": json.dumps(detail) if detail else None})

@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import errors
-from .driver import Driver, Step
+from .driver import Driver, Step, Tx
 from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line
 from .postgresql import PostgresDriver, connect_kwargs
 
@@ -49,7 +49,9 @@ async def adrive(run: StepRun, conn: AsyncConnection[Any]) -> Any:
     try:
         stmt = next(step)
         while True:
-            run.before(stmt)
+            tx = stmt.tx
+            if tx is not Tx.NONE:
+                run.before(stmt)
             try:
                 await cur.execute(stmt.sql, stmt.params)
                 result = fetch(cur, stmt.fetch)
@@ -58,7 +60,8 @@ async def adrive(run: StepRun, conn: AsyncConnection[Any]) -> Any:
             except Exception as exc:
                 stmt = step.throw(run.failed(stmt, exc))
                 continue
-            run.after(stmt)
+            if tx is not Tx.NONE:
+                run.after(stmt)
             stmt = step.send(result)
     except StopIteration as stop:
         return stop.value

@@ -93,6 +93,11 @@ def expired_dead_letter(task_id: str, queue: str, holder: str | None, fence: int
                  fence=fence, attempt=attempts, reason="lease_expired", detail={"dead_letter_id": dead_letter_id})
 
 
+def clock_behind(now: float, high_water: float) -> LockEvent:
+    return LockEvent(None, None, None, LockOp.WRITE, LockOutcome.CLOCK_BEHIND, None,
+                     detail={"writer_clock": now, "behind_seconds": round(high_water - now, 6)})
+
+
 def lock_outcome(task_id: str, queue: str, holder: str | None, op: LockOp, outcome: LockOutcome,
                  fence: int, detail: dict[str, object] | None = None) -> LockEvent:
     return LockEvent(task_id, queue, holder, op, outcome, fence, detail)

@@ -66,6 +66,9 @@ class Stmt:
     tx: Tx = Tx.NONE
 
 
+COMMIT = Stmt("COMMIT", tx=Tx.END)
+ROLLBACK = Stmt("ROLLBACK", tx=Tx.END)
+
 Step = Generator[Stmt, Any, T]
 """A unit of database work: yields statements, receives their results."""
 
@@ -170,9 +173,12 @@ class Clock:
     (tests move time with it), or, when ``frozen`` is set, that instant is the
     time (tests pin a boundary exactly, on both backends)."""
 
-    def __init__(self, offset: float = 0.0) -> None:
+    def __init__(self, offset: float = 0.0, tolerance: float | None = None) -> None:
         self.offset = float(offset)
         self.frozen: float | None = None
+        # How far behind the store's time a writer's clock may be (SQLite,
+        # where every process reads its own clock); None disables the check.
+        self.tolerance = tolerance
 
     def params(self) -> dict[str, float | None]:
         """The parameters of a PostgreSQL clock expression."""
@@ -190,6 +196,9 @@ class Driver:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._texts: dict[str, str] = {}
+        # The statements every transaction sends, made once.
+        self._begin_write = Stmt(self.begin_write_sql, tx=Tx.BEGIN_WRITE)
+        self._begin_read = Stmt(self.begin_read_sql, tx=Tx.BEGIN_READ)
 
     # --- statements -------------------------------------------------------
     def text(self, statement: str) -> str:
@@ -226,26 +235,31 @@ class Driver:
 
     def begin_write(self) -> Step[None]:
         """A write transaction holding whatever lock the backend needs up front."""
-        yield Stmt(self.begin_write_sql, tx=Tx.BEGIN_WRITE)
+        yield self._begin_write
 
     def begin_read(self) -> Step[None]:
         """One consistent read snapshot."""
-        yield Stmt(self.begin_read_sql, tx=Tx.BEGIN_READ)
+        yield self._begin_read
 
     def commit(self) -> Step[None]:
-        yield Stmt("COMMIT", tx=Tx.END)
+        yield COMMIT
 
     def rollback(self) -> Step[None]:
-        yield Stmt("ROLLBACK", tx=Tx.END)
+        yield ROLLBACK
 
     def now(self) -> Step[float]:
         """The database clock, epoch seconds, plus the store's offset."""
         raise NotImplementedError
 
+    def write_now(self) -> Step[float]:
+        """The clock for a write transaction that has begun: :meth:`now`, where
+        the backend has one clock for every writer."""
+        return (yield from self.now())
+
     def write(self, body: Callable[[float], Step[T]]) -> Step[T]:
         """``body(now)`` in one write transaction."""
         yield from self.begin_write()
-        now = yield from self.now()
+        now = yield from self.write_now()
         result = yield from body(now)
         yield from self.commit()
         return result
@@ -305,12 +319,12 @@ class Driver:
         raise NotImplementedError
 
     def own_lease(self, owner: str, queue: str, now: float) -> Step[str | None]:
-        row = yield from self.one(q.SELECT_OWN_LEASE, {"owner": owner, "queue": queue, "now": now})
+        row = yield self.stmt(q.SELECT_OWN_LEASE, {"owner": owner, "queue": queue, "now": now}, Fetch.ONE)
         return str(row[0]) if row is not None else None
 
     def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
         """The next ready task, locked against other claimers."""
-        row = yield from self.one(q.SELECT_NEXT_PENDING, {"queue": queue, "now": now})
+        row = yield self.stmt(q.SELECT_NEXT_PENDING, {"queue": queue, "now": now}, Fetch.ONE)
         return PendingRow.from_row(row) if row is not None else None
 
     def expired_candidate(self, queue: str, now: float) -> Step[CandidateRow | None]:
@@ -324,9 +338,8 @@ class Driver:
 
     def acquire(self, now: float, task_id: str, fence: int, from_status: str, owner: str,
                 token_hash: str, ttl: float) -> Step[LeaseRow | None]:
-        row = yield from self.one(q.ACQUIRE, {"now": now, "id": task_id, "fence": fence,
-                                              "from_status": from_status, "owner": owner,
-                                              "token_hash": token_hash, "ttl": ttl})
+        row = yield self.stmt(q.ACQUIRE, {"now": now, "id": task_id, "fence": fence, "from_status": from_status,
+                                          "owner": owner, "token_hash": token_hash, "ttl": ttl}, Fetch.ONE)
         return LeaseRow.from_row(row) if row is not None else None
 
     def resume(self, now: float, task_id: str, owner: str, token_hash: str,

@@ -10,7 +10,7 @@ This is the only module that reads a URL's scheme.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,30 +46,40 @@ def fetch(cur: Any, how: Fetch) -> Any:
 
 class StepRun:
     """The bookkeeping of driving one step, shared by the blocking and the
-    asyncio runner: transaction state, the write gate, error translation."""
+    asyncio runner: transaction state, the write gate, error translation.
+
+    The runners call :meth:`before` and :meth:`after` only for statements that
+    begin or end a transaction (``stmt.tx``): the hot loop stays a few lines."""
 
     def __init__(self, driver: Driver, step: Step[Any]) -> None:
         self.driver = driver
         self.step = step
         self.in_transaction = False
         self.disconnected = False
-        self._gate = ExitStack()
+        self._gate: AbstractContextManager[None] | None = None
 
     def before(self, stmt: Stmt) -> None:
         if stmt.tx is Tx.BEGIN_WRITE:
-            self._gate.enter_context(self.driver.write_gate())
+            gate = self.driver.write_gate()
+            gate.__enter__()
+            self._gate = gate
 
     def after(self, stmt: Stmt) -> None:
-        if stmt.tx is Tx.BEGIN_WRITE or stmt.tx is Tx.BEGIN_READ:
-            self.in_transaction = True
-        elif stmt.tx is Tx.END:
+        if stmt.tx is Tx.END:
             self.in_transaction = False
-            self._gate.close()
+            self._open_gate()
+        else:
+            self.in_transaction = True
+
+    def _open_gate(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.__exit__(None, None, None)
 
     def failed(self, stmt: Stmt, exc: Exception) -> errors.LeaseStoreError:
         """The typed error to throw into the step (or raise, if untranslatable)."""
         if stmt.tx is Tx.BEGIN_WRITE:
-            self._gate.close()
+            self._open_gate()
         typed = self.driver.translate_error(exc)
         if typed is None:
             raise exc
@@ -80,26 +90,43 @@ class StepRun:
         return typed
 
     def close(self) -> None:
-        self._gate.close()
+        self._open_gate()
         self.step.close()
+
+
+_NO_TX = Tx.NONE
+_ONE, _ALL, _ROWCOUNT = Fetch.ONE, Fetch.ALL, Fetch.ROWCOUNT
 
 
 def drive(run: StepRun, conn: Any) -> Any:
     """Run ``run.step`` on a blocking DB-API connection."""
     step = run.step
+    send = step.send
     cur = conn.cursor()
+    execute = cur.execute
     try:
         stmt = next(step)
         while True:
-            run.before(stmt)
+            tx = stmt.tx
+            if tx is not _NO_TX:
+                run.before(stmt)
             try:
-                cur.execute(stmt.sql, stmt.params)
-                result = fetch(cur, stmt.fetch)
+                execute(stmt.sql, stmt.params)
+                how = stmt.fetch
+                if how is _ONE:
+                    result = cur.fetchone()
+                elif how is _ALL:
+                    result = cur.fetchall()
+                elif how is _ROWCOUNT:
+                    result = cur.rowcount
+                else:
+                    result = None
             except Exception as exc:
                 stmt = step.throw(run.failed(stmt, exc))
                 continue
-            run.after(stmt)
-            stmt = step.send(result)
+            if tx is not _NO_TX:
+                run.after(stmt)
+            stmt = send(result)
     except StopIteration as stop:
         return stop.value
     except BaseException:
@@ -209,10 +236,31 @@ def open_database(
 ) -> Database:
     backend = url.get_backend_name()
     if backend == "sqlite":
+        import errno
+        import os
+        import sqlite3
+
+        from sqlalchemy.exc import DisconnectionError
+
         check_version()
         path = Path(url.database or "")
+        try:
+            is_folder = path.is_dir()
+        except OSError as exc:  # e.g. a folder on the way this user may not enter
+            raise errors.ConfigurationError(f"cannot open the database {path}: {exc.strerror or exc}") from exc
+        if is_folder:
+            raise errors.ConfigurationError(f"{path} is a folder, not a SQLite database file")
         if create_directories:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                why = f"{exc.filename} is not a folder" if exc.errno == errno.EEXIST else exc.strerror or str(exc)
+                reason = f"cannot create the folder {path.parent} for the database {path}: {why}"
+                if exc.errno == errno.EROFS:
+                    raise errors.StoreReadOnly(f"database is read-only: {reason}") from exc
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise errors.StoreFull(f"database is full: {reason}") from exc
+                raise errors.ConfigurationError(reason) from exc
         engine = create_engine(
             url,
             connect_args={"timeout": busy_timeout, "check_same_thread": False},
@@ -220,10 +268,107 @@ def open_database(
             max_overflow=8,
         )
         busy_ms = int(busy_timeout * 1000)
+        wal = Path(f"{path}-wal")
+        read_only_key = "leasestore_read_only"  # in a connection's info: it was opened read-only
 
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-            configure_connection(dbapi_connection, busy_ms)
+        # A store this process cannot write (read-only filesystem, or no write
+        # permission on its folder or file) is opened for reading only. SQLite
+        # reads a WAL database there only if its -wal and -shm files exist (a
+        # writer elsewhere has it open) or when told the file is immutable; an
+        # immutable reader ignores any -wal file, so it is used only when there
+        # is none, and dropped at checkout as soon as the file or its -wal
+        # changes. Its connections refuse BEGIN IMMEDIATE, so every write,
+        # even one that would change nothing, fails with StoreReadOnly.
+        def why_read_only() -> str | None:
+            folder = path.parent
+            if not folder.is_dir():
+                return None  # SQLite says what is wrong
+            if os.access(folder, os.W_OK) and (not path.exists() or os.access(path, os.W_OK)):
+                return None
+            try:
+                if os.statvfs(folder).f_flag & os.ST_RDONLY:
+                    return "read-only file system"
+            except OSError:
+                pass
+            return "no write permission"
+
+        def stamp() -> tuple[bool, int, int, int] | None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            return wal.exists(), st.st_ino, st.st_size, st.st_mtime_ns
+
+        def read_only_connection(why: str) -> type[sqlite3.Connection]:
+            refusal = f"database is read-only: {path} ({why})"
+
+            class ReadOnlyCursor(sqlite3.Cursor):
+                def execute(self, sql: str, parameters: Any = (), /) -> Any:
+                    if sql.lstrip()[:15].upper() == "BEGIN IMMEDIATE":
+                        raise errors.StoreReadOnly(refusal)
+                    return super().execute(sql, parameters)
+
+            class ReadOnlyConnection(sqlite3.Connection):
+                def cursor(self, factory: Any = None) -> Any:
+                    return super().cursor(factory or ReadOnlyCursor)
+
+            return ReadOnlyConnection
+
+        def connect(cargs: Sequence[Any], cparams: Mapping[str, Any]) -> sqlite3.Connection:
+            conn: sqlite3.Connection = sqlite3.connect(*cargs, **cparams)
+            try:
+                configure_connection(conn, busy_ms)  # the first statement: where an unreadable store fails
+            except BaseException:
+                conn.close()
+                raise
+            return conn
+
+        @event.listens_for(engine, "do_connect")
+        def _do_connect(_dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+            record.info.pop(read_only_key, None)
+            why = why_read_only()
+            if why is None:
+                try:
+                    return connect(cargs, cparams)
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF != 14:  # SQLITE_CANTOPEN
+                        raise
+                    raise errors.StoreUnavailable(f"cannot open the database {path}: {exc}") from exc
+            params = {**cparams, "factory": read_only_connection(why)}
+            pinned = None
+            try:
+                conn = connect(cargs, params)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF not in (8, 14):  # SQLITE_READONLY, SQLITE_CANTOPEN
+                    raise
+                if not path.exists():
+                    raise errors.StoreReadOnly(f"database is read-only: cannot create {path} ({why})") from exc
+                if wal.exists() or params.get("uri"):
+                    raise errors.StoreReadOnly(
+                        f"database is read-only: cannot read {path} ({why}): {exc}") from exc
+                pinned = stamp()
+                params.update(uri=True)
+                immutable = Path(os.path.abspath(path)).as_uri() + "?mode=ro&immutable=1"
+                try:
+                    conn = connect([immutable, *cargs[1:]], params)
+                except sqlite3.Error as exc2:
+                    raise errors.StoreReadOnly(
+                        f"database is read-only: cannot read {path} ({why}): {exc2}") from exc2
+            record.info[read_only_key] = pinned
+            if not event.contains(engine, "checkout", _on_checkout):
+                # Only a store that has had a read-only connection pays for the check.
+                event.listen(engine, "checkout", _on_checkout)
+            return conn
+
+        def _on_checkout(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+            if read_only_key not in record.info:
+                return
+            if why_read_only() is None:
+                raise DisconnectionError(f"{path} is writable again")  # the pool reopens it read-write
+            pinned = record.info[read_only_key]
+            if pinned is not None and pinned != stamp():
+                # A writer appeared (or wrote) through another path: reopen.
+                raise DisconnectionError(f"{path} changed under an immutable reader")
 
         gate = WriteGate(str(path) + ".lock", busy_timeout) if fair_writes else None
         return Database(engine, SqliteDriver(clock or Clock(), gate), url)
@@ -244,5 +389,12 @@ def open_database(
 
 def sqlite_file_missing(url: URL) -> bool:
     """Whether ``url`` names a SQLite file that does not exist (reading it must
-    not leave an empty file behind)."""
-    return url.get_backend_name() == "sqlite" and not Path(url.database or "").exists()
+    not leave an empty file behind); :class:`ConfigurationError` when that
+    cannot be known (a folder on the way this user may not enter)."""
+    if url.get_backend_name() != "sqlite":
+        return False
+    path = Path(url.database or "")
+    try:
+        return not path.exists()
+    except OSError as exc:
+        raise errors.ConfigurationError(f"cannot open the database {path}: {exc.strerror or exc}") from exc

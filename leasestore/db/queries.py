@@ -296,6 +296,13 @@ GROUPED_COUNTS: dict[Grouping, str] = {
 
 # --- schema ------------------------------------------------------------------------------------
 
+# The store's time (SQLite): the highest clock any writer has written with.
+SELECT_CLOCK_HIGH_WATER = "SELECT value FROM leasestore_meta WHERE key = 'clock_high_water'"
+SET_CLOCK_HIGH_WATER = """
+INSERT INTO leasestore_meta (key, value) VALUES ('clock_high_water', :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
+
 SELECT_SCHEMA_VERSION = "SELECT value FROM leasestore_meta WHERE key = 'schema_version'"
 INSERT_SCHEMA_VERSION = "INSERT INTO leasestore_meta (key, value) VALUES ('schema_version', :v)"
 UPDATE_SCHEMA_VERSION = "UPDATE leasestore_meta SET value = :v WHERE key = 'schema_version'"

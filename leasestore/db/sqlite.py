@@ -27,12 +27,14 @@ from .. import errors
 from . import audit
 from ..models import LockOutcome, TaskStatus
 from . import queries as q
-from .driver import ClaimNextKind, Clock, ClaimNextRow, ClaimParams, Driver, ExtendParams, ReleaseParams, Step
+from .driver import COMMIT, ClaimNextKind, Clock, Fetch, ClaimNextRow, ClaimParams, Driver, ExtendParams, ReleaseParams, Step
 from .rows import ExtendRow, ReleaseRow
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
 
 _GATE_POLL_SECONDS = 0.0005
+# The store's time is raised at most this often (a write), read on every write.
+CLOCK_HIGH_WATER_STEP = 1.0
 
 APPEND_ONLY_TRIGGERS = [
     """CREATE TRIGGER IF NOT EXISTS event_log_no_update BEFORE UPDATE ON event_log
@@ -66,13 +68,16 @@ class WriteGate:
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
                 raise errors.StoreUnavailable(f"cannot open the write lock {self.path}: {exc.strerror}") from exc
+            refused = exc
         # flock needs no write access: a store we may not write still reaches
         # SQLite, which then says it is read-only.
         try:
             return os.open(self.path, os.O_RDONLY)
         except OSError as exc:
+            # A missing lock file we may not create: say why it cannot be created.
+            reason = refused.strerror if exc.errno == errno.ENOENT else exc.strerror
             raise errors.StoreReadOnly(f"database is read-only: cannot open the write lock {self.path}: "
-                                       f"{exc.strerror}") from exc
+                                       f"{reason}") from exc
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -109,29 +114,54 @@ class SqliteDriver(Driver):
     def __init__(self, clock: Clock, gate: WriteGate | None) -> None:
         super().__init__(clock)
         self.gate = gate
+        self._high_water = self.stmt(q.SELECT_CLOCK_HIGH_WATER, fetch=Fetch.ONE)
 
     def write_gate(self) -> AbstractContextManager[None]:
         return self.gate.hold() if self.gate is not None else nullcontext()
 
-    def now(self) -> Step[float]:
+    def _clock_now(self) -> float:
         # No server: every process on the host shares this clock, and WAL does
         # not work across hosts anyway.
         frozen = self.clock.frozen
         return frozen if frozen is not None else time.time() + self.clock.offset
+
+    def now(self) -> Step[float]:
+        return self._clock_now()
         yield  # pragma: no cover - makes this a step that yields nothing
 
+    def write_now(self) -> Step[float]:
+        """The clock, checked against the store's time: every process reads its
+        own clock here, so one that runs behind (a step back, a faked clock) would
+        recover live leases and hide retries from the others. Its writes are
+        refused, and the refusal is recorded, once the lag passes the tolerance.
+        The high-water mark moves in steps of ``CLOCK_HIGH_WATER_STEP`` so that
+        most writes only read it."""
+        now = self._clock_now()
+        tolerance = self.clock.tolerance
+        if tolerance is None:
+            return now
+        row = yield self._high_water
+        high = float(row[0]) if row is not None else None
+        if high is not None and now < high - tolerance:
+            yield from self.insert_lock_event(high, audit.clock_behind(now, high))
+            yield COMMIT
+            raise errors.ClockBehind(high - now, tolerance)
+        if high is None or now >= high + CLOCK_HIGH_WATER_STEP:
+            yield from self.run(q.SET_CLOCK_HIGH_WATER, {"now": repr(now)})
+        return now
+
     def claim_next(self, p: ClaimParams) -> Step[ClaimNextRow]:
-        yield from self.begin_write()
-        now = yield from self.now()
+        yield self._begin_write
+        now = yield from self.write_now()
         if p.resume:
             own = yield from self.own_lease(p.owner, p.queue, now)
             if own is not None:
-                yield from self.commit()
+                yield COMMIT
                 return ClaimNextRow(ClaimNextKind.MINE, task_id=own)
         pending = yield from self.next_pending(p.queue, now)
         if pending is None:
             expired = yield from self.expired_candidate(p.queue, now)
-            yield from self.commit()
+            yield COMMIT
             if expired is None:
                 return ClaimNextRow(ClaimNextKind.NONE)
             return ClaimNextRow(ClaimNextKind.EXPIRED, task_id=expired.task_id)
@@ -140,33 +170,33 @@ class SqliteDriver(Driver):
         assert lease is not None, "the write lock is held: the row cannot change"
         yield from self.insert_event(now, audit.claimed(lease, TaskStatus.PENDING))
         yield from self.insert_lock_event(now, audit.claim_outcome(lease, LockOutcome.ACQUIRED))
-        yield from self.commit()
+        yield COMMIT
         return ClaimNextRow(ClaimNextKind.ACQUIRED, lease=lease, task_id=lease.task_id)
 
     def extend(self, p: ExtendParams) -> Step[ExtendRow | None]:
-        yield from self.begin_write()
-        now = yield from self.now()
-        row = yield from self.one(q.EXTEND, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
-                                             "fence": p.fence, "ttl": p.ttl, "checkpoint": p.checkpoint,
-                                             "checkpointing": p.checkpointing})
+        yield self._begin_write
+        now = yield from self.write_now()
+        row = yield self.stmt(q.EXTEND, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
+                                         "fence": p.fence, "ttl": p.ttl, "checkpoint": p.checkpoint,
+                                         "checkpointing": p.checkpointing}, Fetch.ONE)
         if row is None:
-            yield from self.commit()
+            yield COMMIT
             return None
         extended = ExtendRow.from_row(row)
         yield from self.insert_lock_event(now, audit.extended(p.task_id, extended))
         if p.checkpointing:
             yield from self.insert_event(now, audit.checkpointed(p.task_id, extended))
-        yield from self.commit()
+        yield COMMIT
         return extended
 
     def release(self, p: ReleaseParams) -> Step[ReleaseRow | None]:
-        yield from self.begin_write()
-        now = yield from self.now()
-        row = yield from self.one(q.RELEASE, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
-                                              "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
-                                              "error": p.error})
+        yield self._begin_write
+        now = yield from self.write_now()
+        row = yield self.stmt(q.RELEASE, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
+                                          "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
+                                          "error": p.error}, Fetch.ONE)
         if row is None:
-            yield from self.commit()
+            yield COMMIT
             return None
         released = ReleaseRow.from_row(row)
         if p.dead_letter_reason is not None:
@@ -175,13 +205,20 @@ class SqliteDriver(Driver):
             released = replace(released, dead_letter_id=dead_letter_id)
         yield from self.insert_event(now, audit.released(p, released))
         yield from self.insert_lock_event(now, audit.release_outcome(p, released))
-        yield from self.commit()
+        yield COMMIT
         return released
 
     def schema_extras(self) -> list[str]:
         return list(APPEND_ONLY_TRIGGERS)
 
     def translate_error(self, exc: BaseException) -> errors.LeaseStoreError | None:
+        if isinstance(exc, errors.LeaseStoreError):
+            # Typed where the cause was known (opening a read-only store, a
+            # read-only connection refusing BEGIN IMMEDIATE): kept as it is, a
+            # copy so that the caller can chain it to the original.
+            import copy
+
+            return copy.copy(exc)
         if not isinstance(exc, sqlite3.Error):
             return None
         message = str(exc).lower()
