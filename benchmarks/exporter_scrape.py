@@ -32,7 +32,7 @@ import psycopg
 
 from exporter.collector import StoreCollector
 from leasestore import LeaseStore
-from leasestore.metrics import EVENT_COUNTS, LEASES_BY_QUEUE, LOCK_COUNTS, OPEN_DEAD_LETTERS, READY_PENDING_BY_QUEUE
+from leasestore.db import queries as q
 
 PG_DSN = os.environ.get("LEASESTORE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 EVENTS_PER_HOUR = 10_000
@@ -112,8 +112,8 @@ def timed(fn: Callable[[], Any], repeats: int) -> float:
 
 def raw_statements(now: float) -> list[tuple[str, dict[str, Any]]]:
     """The statements of one scrape that do not depend on earlier scrapes."""
-    return [(EVENT_COUNTS, {"since": now - 3600}), (LOCK_COUNTS, {"since": now - 3600}), (OPEN_DEAD_LETTERS, {}),
-            (LEASES_BY_QUEUE, {}), (READY_PENDING_BY_QUEUE, {"now": now})]
+    return [(q.COUNT_METRIC_EVENTS_SINCE, {"since": now - 3600}), (q.COUNT_METRIC_LOCK_EVENTS_SINCE, {"since": now - 3600}),
+            (q.COUNT_OPEN_DEAD_LETTERS, {}), (q.LEASES_BY_QUEUE, {}), (q.READY_PENDING_BY_QUEUE, {"now": now})]
 
 
 Statements = Callable[[float], list[tuple[str, dict[str, Any]]]]
@@ -141,7 +141,7 @@ def raw_postgresql(dsn: str, schema: str, statements: Statements) -> Callable[[]
     def run() -> None:
         with conn.transaction(), conn.cursor() as cur:
             for sql, params in statements(time.time()):
-                cur.execute(sql.replace(":since", "%(since)s").replace(":now", "%(now)s"), params)
+                cur.execute(q.to_pyformat(sql), params)
                 cur.fetchall()
 
     return run
