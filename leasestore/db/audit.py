@@ -4,9 +4,11 @@ change of state always reads the same in the log."""
 
 from __future__ import annotations
 
+import functools
+
+from ..models import EventKind, LockOp, LockOutcome, TaskStatus
 from .driver import Event, LockEvent, ReleaseParams, dumps
 from .rows import CandidateRow, ExpiredRow, ExtendRow, LeaseRow, ReleaseRow
-from ..models import EventKind, LockOp, LockOutcome, TaskStatus
 
 # The event that ended a lease, as a refused holder is told it.
 END_REASONS = {
@@ -53,6 +55,7 @@ def checkpointed(task_id: str, row: ExtendRow) -> Event:
                  owner=row.owner, fence=row.fencing_token)
 
 
+@functools.cache
 def release_lock_detail(result: str) -> str:
     """The lock row's detail of a release: ``{"outcome": <done|retry_scheduled|dead_lettered>}``."""
     detail = dumps({"outcome": result})

@@ -20,8 +20,7 @@ import enum
 import json
 from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NamedTuple, NoReturn, TypeVar
 
 from .. import errors
 from . import queries as q
@@ -58,10 +57,14 @@ class Tx(enum.Enum):
     END = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Stmt:
+_NO_PARAMS: Mapping[str, Any] = {}
+
+
+class Stmt(NamedTuple):
+    """One statement of a step (a tuple: a dozen are made per claim and release)."""
+
     sql: str  # in the driver's own parameter style
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = _NO_PARAMS
     fetch: Fetch = Fetch.NONE
     tx: Tx = Tx.NONE
 
@@ -78,8 +81,7 @@ def dumps(detail: Mapping[str, Any] | None) -> str | None:
     return json.dumps(detail, separators=(",", ":")) if detail else None
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One ``event_log`` row (a state change)."""
 
     task_id: str
@@ -100,8 +102,7 @@ class Event:
                 "detail": dumps(self.detail)}
 
 
-@dataclass(frozen=True, slots=True)
-class LockEvent:
+class LockEvent(NamedTuple):
     """One ``lock_events`` row (a lock outcome, conflicts included)."""
 
     task_id: str | None
@@ -118,8 +119,7 @@ class LockEvent:
                 "detail": self.detail if isinstance(self.detail, str) else dumps(self.detail)}
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimParams:
+class ClaimParams(NamedTuple):
     queue: str
     owner: str
     token_hash: str
@@ -134,15 +134,13 @@ class ClaimNextKind(enum.Enum):
     NONE = "none"  # nothing to claim: nothing written
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimNextRow:
+class ClaimNextRow(NamedTuple):
     kind: ClaimNextKind
     lease: LeaseRow | None = None
     task_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ExtendParams:
+class ExtendParams(NamedTuple):
     task_id: str
     token_hash: str
     fence: int
@@ -151,8 +149,7 @@ class ExtendParams:
     checkpointing: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseParams:
+class ReleaseParams(NamedTuple):
     """A holder's release, already decided: where the task goes and what the log says."""
 
     task_id: str
@@ -211,7 +208,7 @@ class Driver:
 
     def stmt(self, statement: str, params: Mapping[str, Any] | None = None,
              fetch: Fetch = Fetch.NONE, tx: Tx = Tx.NONE) -> Stmt:
-        return Stmt(self.text(statement), params or {}, fetch, tx)
+        return Stmt(self.text(statement), params or _NO_PARAMS, fetch, tx)
 
     def one(self, statement: str, params: Mapping[str, Any] | None = None) -> Step[Sequence[Any] | None]:
         row: Sequence[Any] | None = yield self.stmt(statement, params, Fetch.ONE)
@@ -504,6 +501,9 @@ class Driver:
 
     def store_schema_version(self, version: int, *, update: bool) -> Step[None]:
         yield self.stmt(q.UPDATE_SCHEMA_VERSION if update else q.INSERT_SCHEMA_VERSION, {"v": str(version)})
+
+    def close(self) -> None:
+        """Let go of what the driver holds beside its connections."""
 
     # --- errors -----------------------------------------------------------------------
     def translate_error(self, exc: BaseException) -> errors.LeaseStoreError | None:

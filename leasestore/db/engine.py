@@ -9,8 +9,8 @@ This is the only module that reads a URL's scheme.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,15 +94,15 @@ class StepRun:
         self.step.close()
 
 
+_CURSOR = "leasestore.cursor"
 _NO_TX = Tx.NONE
 _ONE, _ALL, _ROWCOUNT = Fetch.ONE, Fetch.ALL, Fetch.ROWCOUNT
 
 
-def drive(run: StepRun, conn: Any) -> Any:
-    """Run ``run.step`` on a blocking DB-API connection."""
+def drive(run: StepRun, cur: Any) -> Any:
+    """Run ``run.step`` on a blocking DB-API cursor."""
     step = run.step
     send = step.send
-    cur = conn.cursor()
     execute = cur.execute
     try:
         stmt = next(step)
@@ -175,14 +175,24 @@ class Database:
         """Run the step ``op()`` makes; a dropped connection runs a fresh one."""
         def attempt() -> T:
             run = StepRun(self.driver, op())
-            with self._connection() as conn:
+            conn = self._checkout()
+            try:
+                # One cursor per pooled connection, kept with it: making one
+                # per operation costs more than some of the statements.
+                cur = conn.info.get(_CURSOR)
+                if cur is None:
+                    cur = conn.info[_CURSOR] = conn.cursor()
+                result: T = drive(run, cur)
+                return result
+            finally:
+                if run.disconnected:
+                    # Never hand a dead connection to the next caller.
+                    conn.invalidate()
                 try:
-                    result: T = drive(run, conn)
-                    return result
-                finally:
-                    if run.disconnected:
-                        # Never hand a dead connection to the next caller.
-                        conn.invalidate()
+                    conn.close()
+                except Exception:
+                    # Returning a broken connection to the pool fails; the pool discards it.
+                    pass
 
         return retrying(attempt, retries)
 
@@ -199,23 +209,16 @@ class Database:
         (for tests and tools that inspect the tables; the store never uses it)."""
         return self.run(lambda: committed_query(self.driver, sql, params))
 
-    @contextmanager
-    def _connection(self) -> Iterator[Any]:
+    def _checkout(self) -> Any:
+        """A pooled DB-API connection; the caller closes it (back to the pool)."""
         try:
-            fairy = self.engine.raw_connection()
+            return self.engine.raw_connection()
         except Exception as exc:
             typed = self.driver.translate_error(exc)
             raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc
-        try:
-            yield fairy
-        finally:
-            try:
-                fairy.close()
-            except Exception:
-                # Returning a broken connection to the pool fails; the pool discards it.
-                pass
 
     def dispose(self) -> None:
+        self.driver.close()
         self.engine.dispose()
 
 
@@ -266,6 +269,8 @@ def open_database(
             connect_args={"timeout": busy_timeout, "check_same_thread": False},
             pool_size=4,
             max_overflow=8,
+            # Every step ends its own transaction: nothing to reset on return.
+            pool_reset_on_return=None,
         )
         busy_ms = int(busy_timeout * 1000)
         wal = Path(f"{path}-wal")
@@ -381,6 +386,8 @@ def open_database(
             connect_args=kwargs,
             pool_size=4,
             max_overflow=8,
+            # Every step ends its own transaction: nothing to reset on return.
+            pool_reset_on_return=None,
         )
         return Database(engine, PostgresDriver(clock or Clock()), url)
 

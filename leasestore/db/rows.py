@@ -7,16 +7,14 @@ Each ``from_row`` matches the column list it is named after in
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseRow:
+class LeaseRow(NamedTuple):
     """``LEASE_COLUMNS``: a lease as a claim returns it."""
 
     task_id: str
@@ -34,8 +32,7 @@ class LeaseRow:
         return cls(str(r[0]), str(r[1]), str(r[2]), int(r[3]), float(r[4]), int(r[5]), int(r[6]), r[7], r[8])
 
 
-@dataclass(frozen=True, slots=True)
-class TaskRow:
+class TaskRow(NamedTuple):
     """``TASK_COLUMNS``: a whole task."""
 
     id: str
@@ -60,8 +57,7 @@ class TaskRow:
                    float(r[8]), r[9], r[10], r[11], r[12], float(r[13]), float(r[14]))
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
+class PendingRow(NamedTuple):
     """``SELECT_NEXT_PENDING``."""
 
     task_id: str
@@ -72,8 +68,7 @@ class PendingRow:
         return cls(str(r[0]), int(r[1]))
 
 
-@dataclass(frozen=True, slots=True)
-class CandidateRow:
+class CandidateRow(NamedTuple):
     """``SELECT_EXPIRED_CANDIDATE``: an expired lease a claimer may take over."""
 
     task_id: str
@@ -86,8 +81,7 @@ class CandidateRow:
         return cls(str(r[0]), r[1], int(r[2]), float(r[3]))
 
 
-@dataclass(frozen=True, slots=True)
-class ExpiredRow:
+class ExpiredRow(NamedTuple):
     """``SELECT_EXPIRED_BATCH``: an expired lease for recovery."""
 
     task_id: str
@@ -103,8 +97,7 @@ class ExpiredRow:
         return cls(str(r[0]), str(r[1]), r[2], int(r[3]), int(r[4]), int(r[5]), float(r[6]))
 
 
-@dataclass(frozen=True, slots=True)
-class ExtendRow:
+class ExtendRow(NamedTuple):
     """What a heartbeat returns."""
 
     queue: str
@@ -117,8 +110,7 @@ class ExtendRow:
         return cls(str(r[0]), str(r[1]), int(r[2]), float(r[3]))
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseRow:
+class ReleaseRow(NamedTuple):
     """What a release returns."""
 
     queue: str
@@ -131,8 +123,7 @@ class ReleaseRow:
         return cls(str(r[0]), str(r[1]), float(r[2]), None if len(r) < 4 or r[3] is None else int(r[3]))
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseStateRow:
+class LeaseStateRow(NamedTuple):
     """``SELECT_LEASE_STATE``: what a refusal's diagnosis needs."""
 
     queue: str
@@ -147,8 +138,7 @@ class LeaseStateRow:
         return cls(str(r[0]), str(r[1]), int(r[2]), r[3], _float(r[4]), r[5])
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
+class DeadLetterRow(NamedTuple):
     """``DEAD_LETTER_COLUMNS``."""
 
     id: int
@@ -169,8 +159,7 @@ EVENT_FIELDS = ("id", "ts", "task_id", "queue", "kind", "from_status", "to_statu
                 "fencing_token", "attempt", "reason", "detail")
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
     """``EVENT_COLUMNS``: one audit row."""
 
     id: int

@@ -19,20 +19,31 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import replace
+from contextlib import AbstractContextManager, nullcontext
 
 from .. import errors
-from . import audit
 from ..models import LockOutcome, TaskStatus
+from . import audit
 from . import queries as q
-from .driver import COMMIT, ClaimNextKind, Clock, Fetch, ClaimNextRow, ClaimParams, Driver, ExtendParams, ReleaseParams, Step
-from .rows import ExtendRow, ReleaseRow
+from .driver import (
+    COMMIT,
+    ClaimNextKind,
+    ClaimNextRow,
+    ClaimParams,
+    Clock,
+    Driver,
+    ExtendParams,
+    Fetch,
+    ReleaseParams,
+    Step,
+    Stmt,
+)
+from .rows import ExtendRow, LeaseRow, PendingRow, ReleaseRow
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
 
 _GATE_POLL_SECONDS = 0.0005
+_LOCK_NOW = fcntl.LOCK_EX | fcntl.LOCK_NB
 # The store's time is raised at most this often (a write), read on every write.
 CLOCK_HIGH_WATER_STEP = 1.0
 
@@ -79,27 +90,47 @@ class WriteGate:
             raise errors.StoreReadOnly(f"database is read-only: cannot open the write lock {self.path}: "
                                        f"{reason}") from exc
 
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        deadline = time.monotonic() + self.timeout
+    def hold(self) -> WriteGate:
+        """``with gate.hold():`` holds the gate (the gate is its own context manager)."""
+        return self
+
+    def __enter__(self) -> None:
         if not self._thread_lock.acquire(timeout=self.timeout):
             raise errors.StoreBusy()
         try:
             fd = self._descriptor()
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise errors.StoreBusy() from None
-                    time.sleep(_GATE_POLL_SECONDS)
             try:
-                yield
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                fcntl.flock(fd, _LOCK_NOW)
+            except BlockingIOError:
+                self._wait(fd, time.monotonic() + self.timeout)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            assert self._fd is not None
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+    @staticmethod
+    def _wait(fd: int, deadline: float) -> None:
+        while True:
+            if time.monotonic() >= deadline:
+                raise errors.StoreBusy() from None
+            time.sleep(_GATE_POLL_SECONDS)
+            try:
+                fcntl.flock(fd, _LOCK_NOW)
+                return
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        """Close the lock file (a read-only remount needs no file open for writing)."""
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
 
 
 class SqliteDriver(Driver):
@@ -117,7 +148,11 @@ class SqliteDriver(Driver):
         self._high_water = self.stmt(q.SELECT_CLOCK_HIGH_WATER, fetch=Fetch.ONE)
 
     def write_gate(self) -> AbstractContextManager[None]:
-        return self.gate.hold() if self.gate is not None else nullcontext()
+        return self.gate if self.gate is not None else nullcontext()
+
+    def close(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
 
     def _clock_now(self) -> float:
         # No server: every process on the host shares this clock, and WAL does
@@ -158,41 +193,44 @@ class SqliteDriver(Driver):
             if own is not None:
                 yield COMMIT
                 return ClaimNextRow(ClaimNextKind.MINE, task_id=own)
-        pending = yield from self.next_pending(p.queue, now)
+        row = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "now": now}, Fetch.ONE)
+        pending = PendingRow.from_row(row) if row is not None else None
         if pending is None:
             expired = yield from self.expired_candidate(p.queue, now)
             yield COMMIT
             if expired is None:
                 return ClaimNextRow(ClaimNextKind.NONE)
             return ClaimNextRow(ClaimNextKind.EXPIRED, task_id=expired.task_id)
-        lease = yield from self.acquire(now, pending.task_id, pending.fencing_token, TaskStatus.PENDING,
-                                        p.owner, p.token_hash, p.ttl)
-        assert lease is not None, "the write lock is held: the row cannot change"
-        yield from self.insert_event(now, audit.claimed(lease, TaskStatus.PENDING))
-        yield from self.insert_lock_event(now, audit.claim_outcome(lease, LockOutcome.ACQUIRED))
+        row = yield Stmt(q.ACQUIRE, {"now": now, "id": pending.task_id, "fence": pending.fencing_token,
+                                     "from_status": TaskStatus.PENDING, "owner": p.owner,
+                                     "token_hash": p.token_hash, "ttl": p.ttl}, Fetch.ONE)
+        assert row is not None, "the write lock is held: the row cannot change"
+        lease = LeaseRow.from_row(row)
+        yield Stmt(q.INSERT_EVENT, audit.claimed(lease, TaskStatus.PENDING).params(now))
+        yield Stmt(q.INSERT_LOCK_EVENT, audit.claim_outcome(lease, LockOutcome.ACQUIRED).params(now))
         yield COMMIT
         return ClaimNextRow(ClaimNextKind.ACQUIRED, lease=lease, task_id=lease.task_id)
 
     def extend(self, p: ExtendParams) -> Step[ExtendRow | None]:
         yield self._begin_write
         now = yield from self.write_now()
-        row = yield self.stmt(q.EXTEND, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
+        row = yield Stmt(q.EXTEND, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
                                          "fence": p.fence, "ttl": p.ttl, "checkpoint": p.checkpoint,
                                          "checkpointing": p.checkpointing}, Fetch.ONE)
         if row is None:
             yield COMMIT
             return None
         extended = ExtendRow.from_row(row)
-        yield from self.insert_lock_event(now, audit.extended(p.task_id, extended))
+        yield Stmt(q.INSERT_LOCK_EVENT, audit.extended(p.task_id, extended).params(now))
         if p.checkpointing:
-            yield from self.insert_event(now, audit.checkpointed(p.task_id, extended))
+            yield Stmt(q.INSERT_EVENT, audit.checkpointed(p.task_id, extended).params(now))
         yield COMMIT
         return extended
 
     def release(self, p: ReleaseParams) -> Step[ReleaseRow | None]:
         yield self._begin_write
         now = yield from self.write_now()
-        row = yield self.stmt(q.RELEASE, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
+        row = yield Stmt(q.RELEASE, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
                                           "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
                                           "error": p.error}, Fetch.ONE)
         if row is None:
@@ -202,9 +240,9 @@ class SqliteDriver(Driver):
         if p.dead_letter_reason is not None:
             dead_letter_id = yield from self.insert_dead_letter(now, p.task_id, released.queue,
                                                                 p.dead_letter_reason, p.attempt, p.error)
-            released = replace(released, dead_letter_id=dead_letter_id)
-        yield from self.insert_event(now, audit.released(p, released))
-        yield from self.insert_lock_event(now, audit.release_outcome(p, released))
+            released = released._replace(dead_letter_id=dead_letter_id)
+        yield Stmt(q.INSERT_EVENT, audit.released(p, released).params(now))
+        yield Stmt(q.INSERT_LOCK_EVENT, audit.release_outcome(p, released).params(now))
         yield COMMIT
         return released
 
