@@ -37,6 +37,7 @@ from .retry import RetryPolicy
 from .store import DEFAULT_CLOCK_TOLERANCE, StoreSettings
 from .types import (
     ClaimResult,
+    ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
     HeartbeatResult,
@@ -125,6 +126,12 @@ class AsyncLeaseStore(StoreSettings):
 
         # DDL goes through SQLAlchemy's blocking engine: keep it off the loop.
         return await asyncio.to_thread(create)
+
+    async def clock_status(self) -> ClockStatus:
+        return await self._run(reads.clock_status(self._ctx))
+
+    async def reset_clock(self) -> ClockStatus:
+        return await self._run(reads.reset_clock(self._ctx))
 
     async def now(self) -> float:
         return await self._run(reads.now(self._ctx))

@@ -26,6 +26,7 @@ from .retry import RetryPolicy
 from .settings import resolve_database_url
 from .types import (
     ClaimResult,
+    ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
     HeartbeatResult,
@@ -143,6 +144,15 @@ class LeaseStore(StoreSettings):
         if only_if_missing and schema_version(self._db) == SCHEMA_VERSION:
             return SCHEMA_VERSION
         return init_db(self._db)
+
+    def clock_status(self) -> ClockStatus:
+        """This process's clock beside the store's time (SQLite's high-water mark)."""
+        return self._run(reads.clock_status(self._ctx))
+
+    def reset_clock(self) -> ClockStatus:
+        """Set the store's time to this process's clock (after a clock that ran
+        ahead was fixed); returns the status as it was before."""
+        return self._run(reads.reset_clock(self._ctx))
 
     def now(self) -> float:
         """The database clock (epoch seconds) as the store sees it."""

@@ -126,6 +126,26 @@ class RecoveryReport:
 
 
 @dataclass(frozen=True)
+class ClockStatus:
+    """This process's clock and the store's time (SQLite: the latest clock any
+    writer used; None on PostgreSQL, whose server clock is the only one)."""
+
+    now: float
+    store_time: float | None
+    tolerance: float | None
+
+    @property
+    def behind(self) -> float:
+        """Seconds this process's clock is behind the store's time (0 if not)."""
+        return max(0.0, self.store_time - self.now) if self.store_time is not None else 0.0
+
+    @property
+    def refused(self) -> bool:
+        """Whether this process's writes are refused now."""
+        return self.tolerance is not None and self.behind > self.tolerance
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     queue: str

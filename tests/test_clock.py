@@ -216,3 +216,31 @@ def test_the_exporter_counts_clock_refusals(sqlite_url: str) -> None:
     registry.register(StoreCollector(sqlite_url))
     value = registry.get_sample_value("leasestore_lock_events_total", {"outcome": "clock_behind"})
     assert value == 1.0
+
+
+def test_an_operator_resets_the_store_time_after_a_clock_ran_ahead(sqlite_url: str, face: str) -> None:
+    """A writer whose clock ran an hour ahead moved the store's time; once its
+    clock is fixed, the others are refused until an operator resets the time."""
+    from leasestore import ClockBehind
+
+    with LeaseStore(sqlite_url, clock_offset=3600.0) as ahead:
+        ahead.enqueue("q", task_id="t1")
+    store = open_store(face, sqlite_url)
+    try:
+        status = store.clock_status()
+        assert status.refused and 3590 < status.behind <= 3600
+        with pytest.raises(ClockBehind):
+            store.enqueue("q", task_id="t2")
+        before = store.reset_clock()
+        assert 3590 < before.behind <= 3600
+        assert not store.clock_status().refused
+        store.enqueue("q", task_id="t2")
+    finally:
+        store.close()
+
+
+def test_postgresql_has_one_clock(pg_url: str) -> None:
+    with LeaseStore(pg_url) as store:
+        store.enqueue("q")
+        status = store.clock_status()
+        assert status.store_time is None and not status.refused

@@ -486,6 +486,17 @@ class Driver:
         """(*group, count, max id) of the rows with ``after < id < before``."""
         return self.all(q.GROUPED_COUNTS[grouping], {"after": after, "before": before})
 
+    # --- the store's time (SQLite's high-water mark) -----------------------------------
+    def clock_high_water(self) -> Step[float | None]:
+        """The latest clock any writer used, where writers read their own clocks;
+        None where the server's clock is the only one."""
+        return None
+        yield  # pragma: no cover - makes this a step that yields nothing
+
+    def set_clock_high_water(self, now: float) -> Step[None]:
+        """Move the store's time to ``now`` (an operator's reset after a clock was fixed)."""
+        yield from ()
+
     # --- schema -----------------------------------------------------------------------
     def schema_extras(self) -> list[str]:
         """DDL beyond the tables (append-only triggers); idempotent."""

@@ -185,6 +185,13 @@ class SqliteDriver(Driver):
             yield from self.run(q.SET_CLOCK_HIGH_WATER, {"now": repr(now)})
         return now
 
+    def clock_high_water(self) -> Step[float | None]:
+        row = yield self._high_water
+        return float(row[0]) if row is not None else None
+
+    def set_clock_high_water(self, now: float) -> Step[None]:
+        yield Stmt(q.SET_CLOCK_HIGH_WATER, {"now": repr(now)})
+
     def claim_next(self, p: ClaimParams) -> Step[ClaimNextRow]:
         yield self._begin_write
         now = yield from self.write_now()

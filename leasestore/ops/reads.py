@@ -9,7 +9,7 @@ from ..db.driver import Step
 from ..db.engine import Op
 from ..db.rows import TaskRow
 from ..models import TaskStatus
-from ..types import TaskInfo
+from ..types import ClockStatus, TaskInfo
 from .common import Context
 
 ACTIVE_LEASES_SHOWN = 200
@@ -23,6 +23,39 @@ def now(ctx: Context) -> Op[float]:
 def _clock(now: float) -> Step[float]:
     return now
     yield  # pragma: no cover - makes this a step that yields nothing
+
+
+def clock_status(ctx: Context) -> Op[ClockStatus]:
+    """This process's clock beside the store's time (see :class:`ClockStatus`)."""
+    d = ctx.driver
+
+    def body(now: float) -> Step[ClockStatus]:
+        high = yield from d.clock_high_water()
+        return ClockStatus(now=now, store_time=high, tolerance=d.clock.tolerance)
+
+    return lambda: d.read(body)
+
+
+def reset_clock(ctx: Context) -> Op[ClockStatus]:
+    """Set the store's time to this process's clock: after a clock that ran ahead
+    was fixed, the others' writes are refused until this is done (or until
+    their clocks catch up)."""
+    d = ctx.driver
+
+    def body(now: float) -> Step[ClockStatus]:
+        before = yield from d.clock_high_water()
+        yield from d.set_clock_high_water(now)
+        return ClockStatus(now=now, store_time=before, tolerance=d.clock.tolerance)
+
+    def step() -> Step[ClockStatus]:
+        # Not through write(): its clock check would refuse the very reset.
+        yield from d.begin_write()
+        now = yield from d.now()
+        result = yield from body(now)
+        yield from d.commit()
+        return result
+
+    return step
 
 
 def get_task(ctx: Context, task_id: str) -> Op[TaskInfo]:
