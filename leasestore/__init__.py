@@ -24,6 +24,7 @@ from .errors import (
     StoreReadOnly,
     StoreUnavailable,
     TaskNotFound,
+    WaitTimeout,
 )
 from .models import EventKind, LockOutcome, ReleaseOutcome, TaskStatus
 from .retry import NO_BACKOFF, RetryPolicy
@@ -53,5 +54,5 @@ __all__ = [
     "LeaseRef", "LeaseStore", "LeaseStoreError", "LockOutcome", "RecoveryReport", "ReleaseOutcome",
     "ReleaseResult", "ReleaseResultKind", "RetryPolicy", "SchemaNotInitialized", "StaleLeaseToken",
     "StoreBusy", "StoreFull", "StoreReadOnly", "StoreUnavailable", "TaskInfo", "TaskNotFound",
-    "TaskStatus", "__version__",
+    "TaskStatus", "WaitTimeout", "__version__",
 ]

@@ -139,19 +139,20 @@ class AsyncLeaseStore(StoreSettings):
     # --- enqueue ------------------------------------------------------------
     async def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
                       max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_key: str | None = None,
-                      delay: float = 0.0) -> EnqueueResult:
+                      delay: float = 0.0, priority: int = 0) -> EnqueueResult:
         results = await self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
                                           max_attempts=max_attempts,
-                                          dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay)
+                                          dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay,
+                                          priority=priority)
         return results[0]
 
     async def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
                            max_attempts: int = DEFAULT_MAX_ATTEMPTS,
                            dedupe_keys: Sequence[str | None] | None = None,
-                           delay: float = 0.0) -> list[EnqueueResult]:
+                           delay: float = 0.0, priority: int = 0) -> list[EnqueueResult]:
         return await self._run(enqueue.enqueue_many(self._ctx, queue, payloads, task_ids=task_ids,
                                                     max_attempts=max_attempts, dedupe_keys=dedupe_keys,
-                                                    delay=delay))
+                                                    delay=delay, priority=priority))
 
     # --- the holder's operations ------------------------------------------------
     async def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
@@ -159,13 +160,32 @@ class AsyncLeaseStore(StoreSettings):
         return await self._run(claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl,
                                                 additional=additional))
 
+    async def claim_many(self, queue: str, owner: str, count: int, *, ttl: float | None = None) -> list[Lease]:
+        return await self._run(claim.claim_many(self._ctx, queue, owner, count, ttl=ttl))
+
     async def heartbeat(self, lease: LeaseLike, *, ttl: float | None = None,
                         checkpoint: Any = UNSET) -> HeartbeatResult:
         return await self._run(holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint))
 
     async def release_task(self, lease: LeaseLike, outcome: ReleaseOutcome | str = ReleaseOutcome.DONE,
-                           error: Any = None, *, retry_in: float | None = None) -> ReleaseResult:
-        return await self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in))
+                           error: Any = None, *, retry_in: float | None = None,
+                           result: Any = None) -> ReleaseResult:
+        return await self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in,
+                                                   result=result))
+
+    async def wait_for(self, task_id: str, timeout: float) -> TaskInfo:
+        """Wait (without blocking the loop) until the task is done or dead-lettered."""
+        timeout = validation.seconds(timeout, "timeout", 0.0, 86_400.0)
+        look = reads.get_task(self._ctx, task_id)
+        for pause in reads.wait_poll_intervals(timeout):
+            info = await self._run(look)
+            if reads.finished(info):
+                return info
+            await asyncio.sleep(pause)
+        info = await self._run(look)
+        if reads.finished(info):
+            return info
+        raise errors.WaitTimeout(f"task {info.id!r} is {info.status} after waiting {timeout:g} s")
 
     def lease(self, queue: str, owner: str, *, ttl: float | None = None, task_id: str | None = None,
               additional: bool = False, heartbeat_interval: float | None = None) -> AsyncLeaseContext:

@@ -9,6 +9,7 @@ the default message, so callers can print ``str(exc)`` as one clear line::
     ├── TaskNotFound                no task with that id
     ├── DeadLetterNotFound          no open dead letter with that id
     ├── InvalidTransition           e.g. requeueing a task that is not dead-lettered
+    ├── WaitTimeout (TimeoutError)  wait_for: the task did not finish in time
     ├── LeaseLost                   token stale, lease expired, taken over, released, revoked
     │   └── StaleLeaseToken         the token does not match the task's current lease
     ├── DuplicateKey                a concurrent write inserted the same key first
@@ -54,6 +55,10 @@ class DeadLetterNotFound(LeaseStoreError):
     def __init__(self, dead_letter_id: int) -> None:
         self.dead_letter_id = dead_letter_id
         super().__init__(f"no open dead letter with id {dead_letter_id}")
+
+
+class WaitTimeout(LeaseStoreError, TimeoutError):
+    """The task did not finish within the time waited for it."""
 
 
 class InvalidTransition(LeaseStoreError):

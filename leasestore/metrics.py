@@ -8,15 +8,16 @@ counted from the audit tables over a window ending at the database clock's
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .db.driver import Driver, Step
 from .db.engine import Op
-from .db.queries import Grouping
+from .db.queries import AuditTable
 from .models import EventKind, LockOutcome
 from .settings import read_threshold
 
@@ -121,27 +122,35 @@ def validate_window(window_minutes: Any) -> float:
 
 def raw_counts(d: Driver, since: float) -> Step[dict[str, float]]:
     """The seven values from the audit tables (run it inside one read snapshot)."""
-    events: dict[tuple[str, str | None], int] = {}
-    for kind, reason, count in (yield from d.windowed_event_counts(since)):
-        events[(kind, reason)] = count
-    locks = dict((yield from d.windowed_lock_counts(since)))
+    events = {(kind, reason): count for kind, reason, count in (yield from d.windowed_event_counts(since))}
+    locks = {(outcome,): count for outcome, count in (yield from d.windowed_lock_counts(since))}
     open_dead = yield from d.open_dead_letter_count()
+    return seven_values(events, locks, open_dead)
+
+
+def seven_values(events: Mapping[tuple[Any, ...], int], locks: Mapping[tuple[Any, ...], int],
+                 open_dead: int) -> dict[str, float]:
+    """The seven from the window's counts: ``events`` by (kind, reason) of the
+    metric kinds, ``locks`` by (outcome,) of the metric outcomes."""
 
     def kind_total(kind: EventKind) -> int:
         return sum(n for (k, _r), n in events.items() if k == kind.value)
 
-    recovered = locks.get(LockOutcome.RECOVERED.value, 0) + locks.get(LockOutcome.RECOVER_DEAD_LETTERED.value, 0)
-    failed = locks.get(LockOutcome.RECOVER_FAILED.value, 0)
+    def outcome(o: LockOutcome) -> int:
+        return locks.get((o.value,), 0)
+
+    recovered = outcome(LockOutcome.RECOVERED) + outcome(LockOutcome.RECOVER_DEAD_LETTERED)
+    failed = outcome(LockOutcome.RECOVER_FAILED)
     attempted = recovered + failed
     return {
         "retryAttempts": kind_total(EventKind.RETRY_SCHEDULED),
         "retryLimitReached": kind_total(EventKind.DEAD_LETTERED),
         "lockExpired": kind_total(EventKind.TAKEN_OVER) + kind_total(EventKind.RECOVERED)
         + events.get((EventKind.DEAD_LETTERED.value, "lease_expired"), 0),
-        "duplicateSuppressed": locks.get(LockOutcome.DUPLICATE.value, 0),
+        "duplicateSuppressed": outcome(LockOutcome.DUPLICATE),
         "staleRecoveryFailureRate": failed / attempted if attempted else 0.0,
         "deadLettersOpen": open_dead,
-        "lockConflictEvents": locks.get(LockOutcome.BUSY.value, 0) + locks.get(LockOutcome.CONFLICT.value, 0),
+        "lockConflictEvents": outcome(LockOutcome.BUSY) + outcome(LockOutcome.CONFLICT),
         "_staleRecoveries": attempted,
         "_staleRecoveryFailures": failed,
     }
@@ -253,29 +262,201 @@ def queue_snapshot(d: Driver, now: float, counts: Mapping[str, Mapping[str, int]
     }
 
 
-# Rows of an append-only table are counted once: a watermark remembers the
-# highest id already added. Only rows older than SETTLE_SECONDS move under the
-# watermark, because on PostgreSQL a transaction can commit a lower id after a
-# higher one; the newer rows are counted fresh on each read.
+# --- the seven and the audit totals, read incrementally (the exporter) ---------
+#
+# A scrape must not cost the window's rows. Each audit table is read once, row
+# by row in id order: a scrape reads the rows past the highest id it has read,
+# and the ids it found missing below that (on PostgreSQL a transaction can
+# commit a lower id after a higher one; a missing id is looked for again until
+# SETTLE_SECONDS after it was first missed, then taken to be rolled back). The
+# seven's rows are kept in buckets of ``floor(ts / width)``; a window is the
+# sum of the buckets wholly inside it plus the rows of its partial first
+# bucket, counted exactly through the (kind, ts) / (outcome, ts) index. The sum
+# of the whole buckets is kept running as the window's start moves.
 SETTLE_SECONDS = 30.0
+BUCKETS_PER_WINDOW = 4096  # at most about this many buckets in a window
+BUCKET_MARGIN = 256  # buckets kept behind the window's start, for a clock that steps back
+
+Key = tuple[Any, ...]
+
+# Per table: how many totals-grouping columns a row has, and the totals kept
+# (column indexes into that grouping).
+_TOTALS: dict[AuditTable, tuple[int, tuple[tuple[int, ...], ...]]] = {
+    "event_log": (4, ((0,), (1, 2, 3))),  # (kind), (queue, from_status, to_status)
+    "lock_events": (1, ((0,),)),  # (outcome)
+}
 
 
-class AppendOnlyCounter:
-    """Totals by one grouping over an append-only table, cheap at millions of rows."""
+def bucket_width(window_seconds: float) -> float:
+    """Seconds per bucket: a power of two (exact bucket edges), at least 1, with
+    at most about BUCKETS_PER_WINDOW buckets in the window."""
+    width = 1.0
+    while window_seconds / width > BUCKETS_PER_WINDOW:
+        width *= 2.0
+    return width
 
-    def __init__(self, grouping: Grouping) -> None:
-        self._grouping: Grouping = grouping
-        self._settled: dict[tuple[Any, ...], int] = {}
-        self._watermark = 0
 
-    def read(self, d: Driver, now: float) -> Step[dict[tuple[Any, ...], int]]:
-        unsettled_from = yield from d.first_unsettled_id(self._grouping, self._watermark, now - SETTLE_SECONDS)
-        settle_before = unsettled_from if unsettled_from is not None else 2**62
-        for *key, count, max_id in (yield from d.grouped_counts(self._grouping, self._watermark, settle_before)):
-            self._settled[tuple(key)] = self._settled.get(tuple(key), 0) + int(count)
-            self._watermark = max(self._watermark, int(max_id))
-        totals = dict(self._settled)
-        if unsettled_from is not None:
-            for *key, count, _ in (yield from d.grouped_counts(self._grouping, unsettled_from - 1, 2**62)):
-                totals[tuple(key)] = totals.get(tuple(key), 0) + int(count)
-        return totals
+class AuditTail:
+    """One append-only audit table, each row read once: totals since the first
+    row, and the seven's counts over a window ending at each read's "now".
+
+    A read costs the rows added since the previous read (the first read costs
+    the table once). State changes are applied only after the statements they
+    come from have all answered, so a read that fails part-way can be retried.
+    """
+
+    def __init__(self, table: AuditTable, window_minutes: float) -> None:
+        self.table: AuditTable = table
+        self._window_seconds = validate_window(window_minutes) * 60.0
+        self.width = bucket_width(self._window_seconds)
+        self._group_width, self._projections = _TOTALS[table]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.totals: tuple[dict[Key, int], ...] = tuple({} for _ in self._projections)
+        self._top = 0  # highest id read
+        self._gaps: list[tuple[int, int, float]] = []  # (first, last, give up at) of ids not seen yet
+        self._buckets: dict[int, dict[Key, int]] = {}
+        self._whole: dict[Key, int] = {}  # the sum of the buckets after ``_edge``
+        self._edge: int | None = None  # the window's partial bucket; None: count the buckets afresh
+        self._floor = 0  # buckets below are not kept
+
+    def read(self, d: Driver, now: float) -> Step[dict[Key, int]]:
+        """The seven's counts by key over ``ts >= now - window`` (as
+        :func:`raw_counts` counts them), after reading the new rows."""
+        table, width = self.table, self.width
+        since = now - self._window_seconds
+        edge = math.floor(since / width)
+        fresh = self._edge is None or edge + 1 < self._floor
+        if fresh:
+            self._edge = None
+            self._buckets.clear()
+            self._whole.clear()
+        else:
+            self._move_edge(edge)
+        keep_from = self._floor * width
+
+        top = yield from d.audit_top_id(table)
+        if top < self._top:  # not the table that was read before (a restored or new store)
+            self._reset()
+            fresh = True
+        if top > self._top:
+            totals = yield from d.audit_tail_totals(table, self._top, top)
+            buckets = [] if fresh else (yield from d.audit_tail_buckets(table, self._top, top, keep_from, width))
+            gaps: list[tuple[int, int]] = []
+            if sum(int(row[-1]) for row in totals) != top - self._top:
+                gaps = yield from d.audit_id_gaps(table, self._top, top, now - SETTLE_SECONDS)
+            for *group, count in totals:
+                self._add_totals(group, int(count))
+            for bucket, *key, count in buckets:
+                self._add_bucket(int(bucket), tuple(key), int(count))
+            self._gaps += [(first, last, now + SETTLE_SECONDS) for first, last in gaps]
+            self._top = top
+
+        if self._gaps:
+            found = yield from d.audit_rows_in(table, [(first, last) for first, last, _ in self._gaps],
+                                               keep_from, width)
+            n = self._group_width
+            for row in found:
+                self._add_totals(row[1:1 + n], 1)
+                if row[1 + n] is not None and not fresh:
+                    self._add_bucket(int(row[1 + n]), tuple(row[2 + n:]), 1)
+            self._gaps = _without(self._gaps, sorted(int(row[0]) for row in found), now)
+
+        if fresh:
+            floor = edge - BUCKET_MARGIN
+            rows = yield from d.audit_window_buckets(table, floor * width, math.inf, width)
+            self._floor, self._edge = floor, edge
+            for bucket, *key, count in rows:
+                self._add_bucket(int(bucket), tuple(key), int(count))
+
+        counts = dict(self._whole)
+        for _bucket, *key, count in (yield from d.audit_window_buckets(table, since, (edge + 1) * width, width)):
+            counts[tuple(key)] = counts.get(tuple(key), 0) + int(count)
+        return counts
+
+    def _add_totals(self, group: Sequence[Any], count: int) -> None:
+        for projection, totals in zip(self._projections, self.totals):
+            key = tuple(group[i] for i in projection)
+            totals[key] = totals.get(key, 0) + count
+
+    def _add_bucket(self, bucket: int, key: Key, count: int) -> None:
+        if bucket < self._floor:
+            return
+        per_key = self._buckets.setdefault(bucket, {})
+        per_key[key] = per_key.get(key, 0) + count
+        if self._edge is not None and bucket > self._edge:
+            self._whole[key] = self._whole.get(key, 0) + count
+
+    def _move_edge(self, edge: int) -> None:
+        """Move the window's partial bucket to ``edge``: the buckets it passes
+        leave the running sum (or join it, when the clock stepped back)."""
+        old = self._edge
+        assert old is not None
+        if edge != old:
+            low, high, sign = (old, edge, -1) if edge > old else (edge, old, 1)
+            passed = (range(low + 1, high + 1) if high - low <= len(self._buckets)
+                      else sorted(b for b in self._buckets if low < b <= high))
+            for bucket in passed:
+                for key, count in self._buckets.get(bucket, {}).items():
+                    left = self._whole.get(key, 0) + sign * count
+                    if left:
+                        self._whole[key] = left
+                    else:
+                        self._whole.pop(key, None)
+            self._edge = edge
+        floor = edge - BUCKET_MARGIN
+        if floor > self._floor:
+            for bucket in [b for b in self._buckets if b < floor]:
+                del self._buckets[bucket]
+            self._floor = floor
+
+
+def _without(gaps: list[tuple[int, int, float]], found: list[int], now: float) -> list[tuple[int, int, float]]:
+    """``gaps`` less the ids ``found`` (sorted), and less the runs given up by ``now``."""
+    left: list[tuple[int, int, float]] = []
+    for first, last, give_up in gaps:
+        if give_up < now:
+            continue
+        start = first
+        for found_id in found[bisect.bisect_left(found, first):bisect.bisect_right(found, last)]:
+            if found_id > start:
+                left.append((start, found_id - 1, give_up))
+            start = found_id + 1
+        if start <= last:
+            left.append((start, last, give_up))
+    return left
+
+
+class ScrapeCounts:
+    """The seven over a window ending at each read's "now", equal to
+    :func:`metrics_op`'s for the same snapshot, and the audit totals, each
+    read costing the audit rows added since the previous one."""
+
+    def __init__(self, window_minutes: float = DEFAULT_WINDOW_MINUTES) -> None:
+        self.window_minutes = validate_window(window_minutes)
+        self.events = AuditTail("event_log", self.window_minutes)
+        self.locks = AuditTail("lock_events", self.window_minutes)
+
+    def read(self, d: Driver, now: float) -> Step[dict[str, float]]:
+        """The seven as :func:`raw_counts` gives them for ``now - window``
+        (run it inside one read snapshot)."""
+        events = yield from self.events.read(d, now)
+        locks = yield from self.locks.read(d, now)
+        open_dead = yield from d.open_dead_letter_count()
+        return seven_values(events, locks, open_dead)
+
+    @property
+    def event_kinds(self) -> dict[str, int]:
+        """Audit-log rows by kind, every row so far."""
+        return {key[0]: n for key, n in self.events.totals[0].items()}
+
+    @property
+    def transitions(self) -> dict[Key, int]:
+        """Audit-log rows by (queue, from_status, to_status), every row so far."""
+        return dict(self.events.totals[1])
+
+    @property
+    def lock_outcomes(self) -> dict[str, int]:
+        """Lock rows by outcome, every row so far."""
+        return {key[0]: n for key, n in self.locks.totals[0].items()}

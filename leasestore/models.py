@@ -13,7 +13,7 @@ from typing import Optional
 from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class TaskStatus(StrEnum):
@@ -82,9 +82,11 @@ class Task(SQLModel, table=True):
         UniqueConstraint("queue", "dedupe_key", name="uq_tasks_queue_dedupe_key"),
         # Claim-next only ever looks at ready rows: a partial index keeps its cost
         # independent of how many done/dead rows pile up.
+        # Higher priority first, then the oldest ready task.
         Index(
-            "ix_tasks_pending",
+            "ix_tasks_ready",
             "queue",
+            text("priority DESC"),
             "available_at",
             "created_at",
             sqlite_where=text("status = 'pending'"),
@@ -124,6 +126,8 @@ class Task(SQLModel, table=True):
     dedupe_key: Optional[str] = Field(default=None, max_length=256)
     created_at: float
     updated_at: float
+    priority: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    result: Optional[str] = Field(default=None, sa_column=Column(Text))
 
 
 class EventLog(SQLModel, table=True):

@@ -8,6 +8,7 @@ answer with the same results, errors and audit rows.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -30,6 +31,7 @@ from .types import (
     DeadLetterInfo,
     EnqueueResult,
     HeartbeatResult,
+    Lease,
     LeaseLike,
     RecoveryReport,
     ReleaseResult,
@@ -161,20 +163,22 @@ class LeaseStore(StoreSettings):
     # --- enqueue ------------------------------------------------------------
     def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_key: str | None = None,
-                delay: float = 0.0) -> EnqueueResult:
+                delay: float = 0.0, priority: int = 0) -> EnqueueResult:
         """Add a task. A repeated ``dedupe_key`` (or ``task_id``) in the same queue
-        returns the existing task with ``created=False`` instead of a second one."""
+        returns the existing task with ``created=False`` instead of a second one.
+        Higher ``priority`` tasks are claimed first (then the oldest)."""
         return self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
                                  max_attempts=max_attempts,
-                                 dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay)[0]
+                                 dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay,
+                                 priority=priority)[0]
 
     def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
-                     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-                     dedupe_keys: Sequence[str | None] | None = None, delay: float = 0.0) -> list[EnqueueResult]:
+                     max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_keys: Sequence[str | None] | None = None,
+                     delay: float = 0.0, priority: int = 0) -> list[EnqueueResult]:
         """Add many tasks in one transaction (all or none)."""
         return self._run(enqueue.enqueue_many(
             self._ctx, queue, payloads, task_ids=task_ids, max_attempts=max_attempts,
-            dedupe_keys=dedupe_keys, delay=delay))
+            dedupe_keys=dedupe_keys, delay=delay, priority=priority))
 
     # --- the holder's operations ------------------------------------------------
     def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
@@ -191,6 +195,12 @@ class LeaseStore(StoreSettings):
         return self._run(claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl,
                                                          additional=additional))
 
+    def claim_many(self, queue: str, owner: str, count: int, *, ttl: float | None = None) -> list[Lease]:
+        """Lease up to ``count`` ready tasks in one round trip, each with its own
+        lease token and fencing token (higher priority, then older, first).
+        Pending tasks only: expired leases are left to ``claim_task``/``recover_stale``."""
+        return self._run(claim.claim_many(self._ctx, queue, owner, count, ttl=ttl))
+
     def heartbeat(self, lease: LeaseLike, *, ttl: float | None = None, checkpoint: Any = UNSET) -> HeartbeatResult:
         """Extend a lease (and optionally store a checkpoint for the next attempt).
 
@@ -201,14 +211,30 @@ class LeaseStore(StoreSettings):
         return self._run(holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint))
 
     def release_task(self, lease: LeaseLike, outcome: ReleaseOutcome | str = ReleaseOutcome.DONE,
-                     error: Any = None, *, retry_in: float | None = None) -> ReleaseResult:
-        """End a lease: ``done``, or ``failed`` with ``error`` text.
+                     error: Any = None, *, retry_in: float | None = None, result: Any = None) -> ReleaseResult:
+        """End a lease: ``done`` (with an optional JSON ``result``, kept with the
+        task), or ``failed`` with ``error`` text.
 
         A failed task below its retry limit returns to pending after the retry
         policy's backoff (or ``retry_in`` seconds); at the limit it becomes a
         dead letter. A stale token raises :class:`LeaseLost` and changes nothing.
         """
-        return self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in))
+        return self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in, result=result))
+
+    def wait_for(self, task_id: str, timeout: float) -> TaskInfo:
+        """Block until the task is done or dead-lettered and return it (its
+        ``result`` included); :class:`WaitTimeout` after ``timeout`` seconds."""
+        timeout = validation.seconds(timeout, "timeout", 0.0, 86_400.0)
+        look = reads.get_task(self._ctx, task_id)
+        for pause in reads.wait_poll_intervals(timeout):
+            info = self._run(look)
+            if reads.finished(info):
+                return info
+            time.sleep(pause)
+        info = self._run(look)
+        if reads.finished(info):
+            return info
+        raise errors.WaitTimeout(f"task {info.id!r} is {info.status} after waiting {timeout:g} s")
 
     def lease(self, queue: str, owner: str, *, ttl: float | None = None, task_id: str | None = None,
               additional: bool = False, heartbeat_interval: float | None = None) -> LeaseContext:

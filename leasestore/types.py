@@ -162,6 +162,8 @@ class TaskInfo:
     dedupe_key: str | None
     created_at: float
     updated_at: float
+    priority: int = 0
+    result: Any = None  # what a done release stored
 
 
 @dataclass(frozen=True)

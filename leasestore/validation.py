@@ -74,6 +74,15 @@ def non_negative_int(value: Any, what: str, high: int = 2**62) -> int:
     return value
 
 
+PRIORITY_LIMIT = 2**31 - 1
+
+
+def priority(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not -PRIORITY_LIMIT <= value <= PRIORITY_LIMIT:
+        raise InvalidArgument(f"priority must be an integer between {-PRIORITY_LIMIT} and {PRIORITY_LIMIT}")
+    return value
+
+
 def to_json(value: Any, what: str) -> str | None:
     if value is None:
         return None

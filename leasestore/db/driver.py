@@ -163,6 +163,7 @@ class ReleaseParams(NamedTuple):
     event_reason: str | None
     lock_outcome_detail: str  # ``{"outcome": …}`` of the lock row
     dead_letter_reason: str | None  # set when the release dead-letters the task
+    result: str | None = None  # JSON kept with a done task
 
 
 class Clock:
@@ -294,10 +295,10 @@ class Driver:
 
     # --- enqueue --------------------------------------------------------------
     def insert_task(self, now: float, task_id: str, queue: str, payload: str | None,
-                    max_attempts: int, delay: float, dedupe_key: str | None) -> Step[None]:
+                    max_attempts: int, delay: float, dedupe_key: str | None, priority: int = 0) -> Step[None]:
         yield self.stmt(q.INSERT_TASK, {"id": task_id, "queue": queue, "payload": payload,
                                         "max_attempts": max_attempts, "now": now, "delay": delay,
-                                        "dedupe_key": dedupe_key})
+                                        "dedupe_key": dedupe_key, "priority": priority})
 
     def task_by_dedupe_key(self, queue: str, dedupe_key: str) -> Step[TaskRow | None]:
         row = yield from self.one(q.SELECT_BY_DEDUPE, {"queue": queue, "dedupe_key": dedupe_key})
@@ -315,13 +316,18 @@ class Driver:
         be taken over (the caller's full path does that), else ``NONE``."""
         raise NotImplementedError
 
+    def claim_many(self, p: ClaimParams, token_hashes: Sequence[str]) -> Step[list[tuple[int, LeaseRow]]]:
+        """Lease up to ``len(token_hashes)`` ready tasks at once, the n-th with the
+        n-th hash, each with its audit rows; (n, lease) pairs in n order."""
+        raise NotImplementedError
+
     def own_lease(self, owner: str, queue: str, now: float) -> Step[str | None]:
         row = yield self.stmt(q.SELECT_OWN_LEASE, {"owner": owner, "queue": queue, "now": now}, Fetch.ONE)
         return str(row[0]) if row is not None else None
 
     def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
         """The next ready task, locked against other claimers."""
-        row = yield self.stmt(q.SELECT_NEXT_PENDING, {"queue": queue, "now": now}, Fetch.ONE)
+        row = yield self.stmt(q.SELECT_NEXT_PENDING, {"queue": queue, "now": now, "limit": 1}, Fetch.ONE)
         return PendingRow.from_row(row) if row is not None else None
 
     def expired_candidate(self, queue: str, now: float) -> Step[CandidateRow | None]:
@@ -485,6 +491,48 @@ class Driver:
     def grouped_counts(self, grouping: q.Grouping, after: int, before: int) -> Step[list[Sequence[Any]]]:
         """(*group, count, max id) of the rows with ``after < id < before``."""
         return self.all(q.GROUPED_COUNTS[grouping], {"after": after, "before": before})
+
+    def audit_top_id(self, table: q.AuditTable) -> Step[int]:
+        """The highest id this snapshot sees in ``table`` (0 when empty)."""
+        row = yield from self.one(q.AUDIT_TOP_ID[table])
+        return int(row[0]) if row is not None else 0
+
+    def audit_tail_totals(self, table: q.AuditTable, after: int, upto: int) -> Step[list[Sequence[Any]]]:
+        """(*totals grouping, count) of the rows with ``after < id <= upto``."""
+        return self.all(q.AUDIT_TAIL_TOTALS[table], {"after": after, "upto": upto})
+
+    def audit_tail_buckets(self, table: q.AuditTable, after: int, upto: int, keep_from: float,
+                           width: float) -> Step[list[Sequence[Any]]]:
+        """(bucket, *metric key, count) of the seven's rows with ``after < id <= upto``
+        and ``ts >= keep_from``."""
+        return self.all(q.AUDIT_TAIL_BUCKETS[table],
+                        {"after": after, "upto": upto, "keep_from": keep_from, "width": width})
+
+    def audit_id_gaps(self, table: q.AuditTable, after: int, upto: int,
+                      cutoff: float) -> Step[list[tuple[int, int]]]:
+        """(first, last) of each run of ids missing from ``after < id <= upto``
+        whose next present row has ``ts > cutoff``."""
+        rows = yield from self.all(q.AUDIT_ID_GAPS[table], {"after": after, "upto": upto, "cutoff": cutoff})
+        return [(int(r[0]) + 1, int(r[1]) - 1) for r in rows]
+
+    def audit_rows_in(self, table: q.AuditTable, ranges: Sequence[tuple[int, int]], keep_from: float,
+                      width: float) -> Step[list[Sequence[Any]]]:
+        """(id, *totals grouping, bucket or None, *metric key) of each row whose id
+        lies in one of ``ranges`` (inclusive (first, last) pairs)."""
+        found: list[Sequence[Any]] = []
+        for start in range(0, len(ranges), q.AUDIT_RANGE_SLOTS):
+            batch = list(ranges[start:start + q.AUDIT_RANGE_SLOTS])
+            batch += [(1, 0)] * (q.AUDIT_RANGE_SLOTS - len(batch))
+            params: dict[str, Any] = {"keep_from": keep_from, "width": width}
+            for i, (lo, hi) in enumerate(batch):
+                params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+            found += yield from self.all(q.AUDIT_ROWS_IN[table], params)
+        return found
+
+    def audit_window_buckets(self, table: q.AuditTable, since: float, until: float,
+                             width: float) -> Step[list[Sequence[Any]]]:
+        """(bucket, *metric key, count) of the seven's rows with ``since <= ts < until``."""
+        return self.all(q.AUDIT_WINDOW_BUCKETS[table], {"since": since, "until": until, "width": width})
 
     # --- the store's time (SQLite's high-water mark) -----------------------------------
     def clock_high_water(self) -> Step[float | None]:

@@ -12,6 +12,7 @@ Time is the server's ``clock_timestamp()``, so hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -67,7 +68,7 @@ class PostgresDriver(Driver):
         return float(row[0])
 
     def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
-        row = yield Stmt(SELECT_NEXT_PENDING, {"queue": queue, "now": now}, Fetch.ONE)
+        row = yield Stmt(SELECT_NEXT_PENDING, {"queue": queue, "now": now, "limit": 1}, Fetch.ONE)
         return PendingRow.from_row(row) if row is not None else None
 
     def expired_candidate(self, queue: str, now: float) -> Step[CandidateRow | None]:
@@ -104,8 +105,14 @@ class PostgresDriver(Driver):
                                    "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
                                    "error": p.error, "kind": p.event_kind, "reason": p.event_reason,
                                    "attempt": p.attempt, "lock_detail": p.lock_outcome_detail,
-                                   "dead_letter_reason": p.dead_letter_reason}, Fetch.ONE)
+                                   "dead_letter_reason": p.dead_letter_reason, "result": p.result}, Fetch.ONE)
         return ReleaseRow.from_row(row) if row is not None else None
+
+    def claim_many(self, p: ClaimParams, token_hashes: Sequence[str]) -> Step[list[tuple[int, LeaseRow]]]:
+        rows = yield Stmt(CLAIM_MANY, {**self.clock.params(), "queue": p.queue, "owner": p.owner,
+                                       "hashes": list(token_hashes), "limit": len(token_hashes),
+                                       "ttl": p.ttl}, Fetch.ALL)
+        return sorted((int(r[0]) - 1, LeaseRow.from_row(r[1:])) for r in rows)
 
     def schema_extras(self) -> list[str]:
         return list(APPEND_ONLY_DDL)
@@ -171,7 +178,7 @@ picked AS (
   SELECT t.id FROM tasks t, clock
   WHERE t.queue = %(queue)s AND t.status = 'pending' AND t.available_at <= clock.now
     AND NOT EXISTS (SELECT 1 FROM mine)
-  ORDER BY t.available_at, t.created_at LIMIT 1
+  ORDER BY t.priority DESC, t.available_at, t.created_at LIMIT 1
   FOR UPDATE OF t SKIP LOCKED
 ),
 expired AS (
@@ -206,12 +213,46 @@ UNION ALL
 SELECT 'expired', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM expired
 """
 
+# Up to %(limit)s ready tasks leased at once, the n-th with the n-th token hash.
+CLAIM_MANY = f"""
+WITH {_CLOCK},
+picked AS (
+  SELECT t.id, t.priority, t.available_at, t.created_at FROM tasks t, clock
+  WHERE t.queue = %(queue)s AND t.status = 'pending' AND t.available_at <= clock.now
+  ORDER BY t.priority DESC, t.available_at, t.created_at LIMIT %(limit)s
+  FOR UPDATE OF t SKIP LOCKED
+),
+numbered AS (
+  SELECT id, row_number() OVER (ORDER BY priority DESC, available_at, created_at, id) AS n FROM picked
+),
+upd AS (
+  UPDATE tasks t SET status = 'leased', owner = %(owner)s,
+         lease_token_hash = (%(hashes)s::text[])[numbered.n],
+         fencing_token = t.fencing_token + 1, attempts = t.attempts + 1,
+         lease_expires_at = clock.now + %(ttl)s, leased_at = clock.now, updated_at = clock.now
+  FROM numbered, clock
+  WHERE t.id = numbered.id AND t.status = 'pending'
+  RETURNING numbered.n, t.id, t.queue, t.owner, t.fencing_token, t.lease_expires_at, t.attempts,
+            t.max_attempts, t.payload, t.checkpoint, clock.now AS now
+),
+ev AS (
+  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, attempt)
+  SELECT now, id, queue, 'claimed', 'pending', 'leased', owner, fencing_token, attempts FROM upd
+),
+lk AS (
+  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
+  SELECT now, id, queue, owner, 'claim', 'acquired', fencing_token FROM upd
+)
+SELECT n, id, queue, owner, fencing_token, lease_expires_at, attempts, max_attempts, payload, checkpoint FROM upd
+"""
+
 # A dead-lettering release also opens its dead letter; the event's detail names it.
 RELEASE = f"""
 WITH {_LOCKED_CLOCK},
 upd AS (
   UPDATE tasks t SET status = %(to_status)s::text, lease_token_hash = NULL, lease_expires_at = NULL,
-         available_at = clock.now + %(delay)s, last_error = %(error)s, updated_at = clock.now
+         available_at = clock.now + %(delay)s, last_error = %(error)s, result = %(result)s,
+         updated_at = clock.now
   FROM clock
   WHERE t.id = %(id)s AND t.lease_token_hash = %(token_hash)s AND t.fencing_token = %(fence)s
     AND t.status = 'leased' AND t.lease_expires_at > clock.now

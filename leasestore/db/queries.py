@@ -31,7 +31,7 @@ LEASE_COLUMNS = (
 
 TASK_COLUMNS = (
     "id, queue, status, attempts, max_attempts, owner, fencing_token, lease_expires_at, "
-    "available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at"
+    "available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at, priority, result"
 )
 
 EVENT_COLUMNS = ("id, ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, "
@@ -43,9 +43,9 @@ DEAD_LETTER_COLUMNS = "id, task_id, queue, reason, attempts, last_error, status,
 
 INSERT_TASK = """
 INSERT INTO tasks (id, queue, payload, status, attempts, max_attempts, fencing_token,
-                   available_at, dedupe_key, created_at, updated_at)
+                   available_at, dedupe_key, created_at, updated_at, priority)
 VALUES (:id, :queue, :payload, 'pending', 0, :max_attempts, 0,
-        :now + :delay, :dedupe_key, :now, :now)
+        :now + :delay, :dedupe_key, :now, :now, :priority)
 """
 
 SELECT_BY_DEDUPE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE queue = :queue AND dedupe_key = :dedupe_key"
@@ -60,10 +60,11 @@ WHERE owner = :owner AND queue = :queue AND status = 'leased' AND lease_expires_
 ORDER BY leased_at LIMIT 1
 """
 
+# Higher priority first, then the oldest ready task (index ix_tasks_ready).
 SELECT_NEXT_PENDING = """
 SELECT id, fencing_token FROM tasks
 WHERE queue = :queue AND status = 'pending' AND available_at <= :now
-ORDER BY available_at, created_at LIMIT 1
+ORDER BY priority DESC, available_at, created_at LIMIT :limit
 """
 
 SELECT_EXPIRED_CANDIDATE = """
@@ -108,7 +109,7 @@ RETURNING queue, owner, fencing_token, lease_expires_at
 RELEASE = """
 UPDATE tasks SET status = :to_status, lease_token_hash = NULL,
        lease_expires_at = NULL, available_at = :now + :delay, last_error = :error,
-       updated_at = :now
+       result = :result, updated_at = :now
 WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence
   AND status = 'leased' AND lease_expires_at > :now
 RETURNING queue, owner, available_at
@@ -294,6 +295,72 @@ GROUPED_COUNTS: dict[Grouping, str] = {
     for name, (table, group) in _GROUPINGS.items()
 }
 
+# Reading each row of an audit table once (see ``metrics.AuditTail``): the rows
+# after the highest id read, the ids missing below it (a PostgreSQL transaction
+# still open, or rolled back), those ids again later, and the seven's counts by
+# time bucket. A bucket is ``floor(ts / :width)`` (the width a power of two, so
+# bucket edges are exact in floating point); ``CAST`` truncates on SQLite and
+# rounds on PostgreSQL, and the ``CASE`` makes both a floor.
+AuditTable = Literal["event_log", "lock_events"]
+
+# (totals grouping, the seven's key columns, the seven's row filter)
+_AUDIT_TABLES: dict[AuditTable, tuple[str, str, str]] = {
+    "event_log": ("kind, queue, from_status, to_status", "kind, reason",
+                  f"kind IN ({_in(METRIC_EVENT_KINDS)})"),
+    "lock_events": ("outcome", "outcome", f"outcome IN ({_in(METRIC_LOCK_OUTCOMES)})"),
+}
+
+_BUCKET = ("(CAST(ts / :width AS BIGINT) - "
+           "CASE WHEN CAST(ts / :width AS BIGINT) > ts / :width THEN 1 ELSE 0 END)")
+
+# How many id ranges one AUDIT_ROWS_IN statement asks for (unused: lo > hi).
+AUDIT_RANGE_SLOTS = 16
+
+AUDIT_TOP_ID: dict[AuditTable, str] = {
+    table: f"SELECT id FROM {table} ORDER BY id DESC LIMIT 1" for table in _AUDIT_TABLES
+}
+
+AUDIT_TAIL_TOTALS: dict[AuditTable, str] = {
+    table: f"SELECT {group}, COUNT(*) FROM {table} WHERE id > :after AND id <= :upto GROUP BY {group}"
+    for table, (group, _key, _metric) in _AUDIT_TABLES.items()
+}
+
+AUDIT_TAIL_BUCKETS: dict[AuditTable, str] = {
+    table: (f"SELECT {_BUCKET}, {key}, COUNT(*) FROM {table} "
+            f"WHERE id > :after AND id <= :upto AND {metric} AND ts >= :keep_from "
+            f"GROUP BY 1, {key}")
+    for table, (_group, key, metric) in _AUDIT_TABLES.items()
+}
+
+# The ids missing from ``after < id <= upto``, as (last id before, next id
+# present) pairs, where the next row is newer than :cutoff.
+AUDIT_ID_GAPS: dict[AuditTable, str] = {
+    table: (f"SELECT COALESCE(prev_id, :after), id FROM ("
+            f"SELECT id, ts, LAG(id) OVER (ORDER BY id) AS prev_id FROM {table} "
+            f"WHERE id > :after AND id <= :upto) AS tail "
+            f"WHERE id > COALESCE(prev_id, :after) + 1 AND ts > :cutoff")
+    for table in _AUDIT_TABLES
+}
+
+# Row by row, the rows with ids in the given ranges: id, the totals grouping,
+# then the bucket (NULL unless one of the seven's rows at or after :keep_from)
+# and the seven's key.
+AUDIT_ROWS_IN: dict[AuditTable, str] = {
+    table: (f"SELECT id, {group}, CASE WHEN {metric} AND ts >= :keep_from THEN {_BUCKET} END, {key} "
+            f"FROM {table} WHERE "
+            + " OR ".join(f"id BETWEEN :lo{i} AND :hi{i}" for i in range(AUDIT_RANGE_SLOTS)))
+    for table, (group, key, metric) in _AUDIT_TABLES.items()
+}
+
+# The seven's rows with ``since <= ts < until`` by bucket and key, through the
+# (kind, ts) and (outcome, ts) indexes: the window's partial bucket, or every
+# bucket when the window is counted afresh.
+AUDIT_WINDOW_BUCKETS: dict[AuditTable, str] = {
+    table: (f"SELECT {_BUCKET}, {key}, COUNT(*) FROM {table} "
+            f"WHERE {metric} AND ts >= :since AND ts < :until GROUP BY 1, {key}")
+    for table, (_group, key, metric) in _AUDIT_TABLES.items()
+}
+
 # --- schema ------------------------------------------------------------------------------------
 
 # The store's time (SQLite): the highest clock any writer has written with.
@@ -302,6 +369,16 @@ SET_CLOCK_HIGH_WATER = """
 INSERT INTO leasestore_meta (key, value) VALUES ('clock_high_water', :now)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value
 """
+
+# Upgrades of a store made by an older version, by the version they lead to.
+# New tables and their indexes come from the models (``create_all``).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN result TEXT",
+        "DROP INDEX IF EXISTS ix_tasks_pending",
+    ),
+}
 
 SELECT_SCHEMA_VERSION = "SELECT value FROM leasestore_meta WHERE key = 'schema_version'"
 INSERT_SCHEMA_VERSION = "INSERT INTO leasestore_meta (key, value) VALUES ('schema_version', :v)"

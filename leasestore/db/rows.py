@@ -50,11 +50,13 @@ class TaskRow(NamedTuple):
     dedupe_key: str | None
     created_at: float
     updated_at: float
+    priority: int
+    result: str | None
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> TaskRow:
         return cls(str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), _float(r[7]),
-                   float(r[8]), r[9], r[10], r[11], r[12], float(r[13]), float(r[14]))
+                   float(r[8]), r[9], r[10], r[11], r[12], float(r[13]), float(r[14]), int(r[15]), r[16])
 
 
 class PendingRow(NamedTuple):

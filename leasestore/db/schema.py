@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 
 from .. import errors, models
 from .driver import Step
+from .queries import MIGRATIONS
 from .engine import Database, fetch
 
 REQUIRED_TABLES = ("tasks", "event_log", "lock_events", "dead_letters", "alerts", "leasestore_meta")
@@ -48,6 +49,14 @@ def init_db(db: Database) -> int:
                     f"database schema version {stored} is newer than this leasestore "
                     f"({models.SCHEMA_VERSION}); upgrade leasestore"
                 )
+            if stored is not None:
+                for version in range(stored + 1, models.SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS.get(version, ()):
+                        cur.execute(statement)
+                # Indexes of tables that existed before: create_all made only new tables'.
+                for table in tables:
+                    for index in table.indexes:
+                        index.create(conn, checkfirst=True)
             if stored is None or stored < models.SCHEMA_VERSION:
                 _run_on(cur, driver.store_schema_version(models.SCHEMA_VERSION, update=stored is not None))
             _run_on(cur, driver.commit())

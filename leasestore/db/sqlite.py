@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 from .. import errors
@@ -200,7 +201,7 @@ class SqliteDriver(Driver):
             if own is not None:
                 yield COMMIT
                 return ClaimNextRow(ClaimNextKind.MINE, task_id=own)
-        row = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "now": now}, Fetch.ONE)
+        row = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "now": now, "limit": 1}, Fetch.ONE)
         pending = PendingRow.from_row(row) if row is not None else None
         if pending is None:
             expired = yield from self.expired_candidate(p.queue, now)
@@ -217,6 +218,24 @@ class SqliteDriver(Driver):
         yield Stmt(q.INSERT_LOCK_EVENT, audit.claim_outcome(lease, LockOutcome.ACQUIRED).params(now))
         yield COMMIT
         return ClaimNextRow(ClaimNextKind.ACQUIRED, lease=lease, task_id=lease.task_id)
+
+    def claim_many(self, p: ClaimParams, token_hashes: Sequence[str]) -> Step[list[tuple[int, LeaseRow]]]:
+        yield self._begin_write
+        now = yield from self.write_now()
+        rows = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "now": now, "limit": len(token_hashes)},
+                          Fetch.ALL)
+        leased: list[tuple[int, LeaseRow]] = []
+        for n, (task_id, fence) in enumerate(rows):
+            row = yield Stmt(q.ACQUIRE, {"now": now, "id": task_id, "fence": fence,
+                                         "from_status": TaskStatus.PENDING, "owner": p.owner,
+                                         "token_hash": token_hashes[n], "ttl": p.ttl}, Fetch.ONE)
+            assert row is not None, "the write lock is held: the row cannot change"
+            lease = LeaseRow.from_row(row)
+            yield Stmt(q.INSERT_EVENT, audit.claimed(lease, TaskStatus.PENDING).params(now))
+            yield Stmt(q.INSERT_LOCK_EVENT, audit.claim_outcome(lease, LockOutcome.ACQUIRED).params(now))
+            leased.append((n, lease))
+        yield COMMIT
+        return leased
 
     def extend(self, p: ExtendParams) -> Step[ExtendRow | None]:
         yield self._begin_write
@@ -239,7 +258,7 @@ class SqliteDriver(Driver):
         now = yield from self.write_now()
         row = yield Stmt(q.RELEASE, {"now": now, "id": p.task_id, "token_hash": p.token_hash,
                                           "fence": p.fence, "to_status": p.to_status, "delay": p.delay,
-                                          "error": p.error}, Fetch.ONE)
+                                          "error": p.error, "result": p.result}, Fetch.ONE)
         if row is None:
             yield COMMIT
             return None

@@ -12,7 +12,7 @@ from ..db.engine import Op
 from ..db.rows import CandidateRow, LeaseRow
 from ..failpoints import failpoint
 from ..models import LockOp, LockOutcome, TaskStatus
-from ..types import ClaimResult, ClaimStatus
+from ..types import ClaimResult, ClaimStatus, Lease
 from .common import Context, hash_token, new_token, to_lease
 from .recovery import expire_to_dead_letter
 
@@ -129,3 +129,26 @@ class _Claim:
     def _acquired(self, row: LeaseRow, *, took_over: bool) -> ClaimResult:
         lease = to_lease(row, self.token, self.ttl, took_over=took_over)
         return ClaimResult(ClaimStatus.ACQUIRED, lease=lease, task_id=lease.task_id)
+
+
+MAX_CLAIM_MANY = 1000
+
+
+def claim_many(ctx: Context, queue: str, owner: str, count: int, *, ttl: float | None) -> Op[list[Lease]]:
+    """Lease up to ``count`` ready tasks of ``queue`` in one round trip, each with
+    its own lease token and fencing token (highest priority, then oldest, first).
+    Only pending tasks are leased: expired leases are left to ``claim_task`` and
+    ``recover_stale``."""
+    queue = validation.name(queue, "queue")
+    owner = validation.name(owner, "owner")
+    count = validation.positive_int(count, "count", MAX_CLAIM_MANY)
+    ttl = validation.ttl(ctx.default_ttl if ttl is None else ttl)
+    tokens = [new_token() for _ in range(count)]
+    hashes = [hash_token(t) for t in tokens]
+    d = ctx.driver
+
+    def step() -> Step[list[Lease]]:
+        leased = yield from d.claim_many(ClaimParams(queue, owner, "", ttl, resume=False), hashes)
+        return [to_lease(row, tokens[n], ttl, took_over=False) for n, row in leased]
+
+    return step

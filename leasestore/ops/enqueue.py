@@ -16,9 +16,10 @@ from .common import Context
 
 def enqueue_many(ctx: Context, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None,
                  max_attempts: int, dedupe_keys: Sequence[str | None] | None,
-                 delay: float) -> Op[list[EnqueueResult]]:
+                 delay: float, priority: int = 0) -> Op[list[EnqueueResult]]:
     """Add many tasks in one transaction (all or none)."""
     queue = validation.name(queue, "queue")
+    priority = validation.priority(priority)
     max_attempts = validation.max_attempts(max_attempts)
     delay = validation.delay(delay)
     count = len(payloads)
@@ -42,9 +43,9 @@ def enqueue_many(ctx: Context, queue: str, payloads: Sequence[Any], *, task_ids:
             if existing is not None:
                 results.append(EnqueueResult(existing, created=False))
                 continue
-            yield from d.insert_task(now, tid, queue, payload_json, max_attempts, delay, key)
+            yield from d.insert_task(now, tid, queue, payload_json, max_attempts, delay, key, priority)
             yield from d.insert_event(now, Event(tid, queue, EventKind.ENQUEUED, None, TaskStatus.PENDING,
-                                                 attempt=0, detail={"dedupe_key": key} if key else None))
+                                                 attempt=0, detail=_enqueue_detail(key, priority)))
             results.append(EnqueueResult(tid, created=True))
         return results
 
@@ -74,3 +75,12 @@ def _existing(ctx: Context, queue: str, task_id: str, key: str | None) -> Step[s
     if key is not None and row.dedupe_key != key:
         raise errors.InvalidArgument(f"task id {task_id!r} already exists with another dedupe key")
     return task_id
+
+
+def _enqueue_detail(dedupe_key: str | None, priority: int) -> dict[str, Any] | None:
+    detail: dict[str, Any] = {}
+    if dedupe_key:
+        detail["dedupe_key"] = dedupe_key
+    if priority:
+        detail["priority"] = priority
+    return detail or None

@@ -44,13 +44,16 @@ def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: 
 
 
 def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, error: Any, *,
-                 retry_in: float | None) -> Op[ReleaseResult]:
+                 retry_in: float | None, result: Any = None) -> Op[ReleaseResult]:
     """See :meth:`leasestore.LeaseStore.release_task`."""
     task_id, token, fence = lease_fields(lease)
     try:
         outcome = ReleaseOutcome(outcome)
     except ValueError:
         raise errors.InvalidArgument("outcome must be 'done' or 'failed'") from None
+    if result is not None and outcome is not ReleaseOutcome.DONE:
+        raise errors.InvalidArgument("only a done release carries a result")
+    result_json = validation.to_json(result, "result")
     error_text = validation.error_text(error)
     if retry_in is not None:
         retry_in = validation.delay(retry_in)
@@ -69,6 +72,8 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
         attempt, max_attempts = attempts
         kind, params = decide_release(ctx, task_id, token_hash, fence, attempt, max_attempts, outcome,
                                       error_text, retry_in)
+        if result_json is not None:
+            params = params._replace(result=result_json)
         failpoint("before_release_update")
         row = yield from d.release(params)
         if row is None:

@@ -127,5 +127,27 @@ def task_info(r: TaskRow) -> TaskInfo:
         owner=r.owner, fencing_token=r.fencing_token, lease_expires_at=r.lease_expires_at,
         available_at=r.available_at, payload=validation.from_json(r.payload),
         checkpoint=validation.from_json(r.checkpoint), last_error=r.last_error, dedupe_key=r.dedupe_key,
-        created_at=r.created_at, updated_at=r.updated_at,
+        created_at=r.created_at, updated_at=r.updated_at, priority=r.priority,
+        result=validation.from_json(r.result),
     )
+
+
+FINISHED = (TaskStatus.DONE.value, TaskStatus.DEAD.value)
+WAIT_POLL_FIRST = 0.01
+WAIT_POLL_MAX = 0.5
+
+
+def wait_poll_intervals(timeout: float) -> list[float]:
+    """How long to sleep between looks while waiting for a task to finish:
+    quick at first, then at most ``WAIT_POLL_MAX``, never past the timeout."""
+    intervals, total, step = [], 0.0, WAIT_POLL_FIRST
+    while total < timeout:
+        step = min(step, timeout - total)
+        intervals.append(step)
+        total += step
+        step = min(step * 2, WAIT_POLL_MAX)
+    return intervals
+
+
+def finished(info: TaskInfo) -> bool:
+    return info.status in FINISHED

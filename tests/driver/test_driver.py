@@ -331,11 +331,11 @@ def test_schema_version_and_extras(env: Env) -> None:
 def test_insert_task_and_lookups(env: Env) -> None:
     """insert_task writes a pending row available after its delay; task and task_by_dedupe_key read it back."""
     d = env.d
-    now = env.write(lambda now: _then(d.insert_task(now, "t1", "q", '{"n":1}', 5, 30.0, "k1"), now))
+    now = env.write(lambda now: _then(d.insert_task(now, "t1", "q", '{"n":1}', 5, 30.0, "k1", 7), now))
     row = env.run(lambda: d.task("t1"))
     available = pytest.approx(now + 30.0)
     assert row == TaskRow("t1", "q", "pending", 0, 5, None, 0, None, available,  # type: ignore[arg-type]
-                          '{"n":1}', None, None, "k1", now, now)
+                          '{"n":1}', None, None, "k1", now, now, 7, None)
     assert env.run(lambda: d.task_by_dedupe_key("q", "k1")) == row
     assert env.run(lambda: d.task_by_dedupe_key("other", "k1")) is None
     assert env.run(lambda: d.task_by_dedupe_key("q", "k2")) is None
