@@ -349,7 +349,8 @@ class AuditTail:
             for *group, count in totals:
                 self._add_totals(group, int(count))
             for bucket, *key, count in buckets:
-                self._add_bucket(int(bucket), tuple(key), int(count))
+                if bucket is not None:
+                    self._add_bucket(int(bucket), tuple(key), int(count))
             self._gaps += [(first, last, now + SETTLE_SECONDS) for first, last in gaps]
             self._top = top
 

@@ -124,7 +124,11 @@ def token(value: Any) -> str:
     return value
 
 
+# The column is a 32-bit integer on PostgreSQL: no fence the store issued is larger.
+MAX_FENCING_TOKEN = 2**31 - 1
+
+
 def fencing_token(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or value > 2**62:
-        raise InvalidArgument("fencing token must be a positive integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_FENCING_TOKEN:
+        raise InvalidArgument(f"fencing token must be an integer between 1 and {MAX_FENCING_TOKEN}")
     return value

@@ -7,6 +7,7 @@ exception, CLI output or metrics report ever contains the token itself.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import logging
 import secrets
 
@@ -41,7 +42,12 @@ def test_only_the_holder_can_heartbeat_or_release(store: LeaseStore) -> None:
         LeaseRef("t1", holder.token + "x", holder.fencing_token),
         LeaseRef("t1", hash_token(holder.token), holder.fencing_token),  # the stored hash is no token
         *(LeaseRef("t1", secrets.token_urlsafe(32), holder.fencing_token) for _ in range(100)),
+        # The current token with every other fence: only the fencing condition refuses these.
+        *(LeaseRef("t1", holder.token, fence) for fence in (1, 3, 4, 100, 2**31 - 1)),
     ]
+    # The same through full Lease objects, which take the release path that
+    # trusts the lease's own attempt count.
+    wrong += [replace(holder, token=ref.token, fencing_token=ref.fencing_token) for ref in list(wrong)]
     conflicts = _conflicts(store)
     for ref in wrong:
         for write, args in ((store.heartbeat, ()), (store.release_task, ("done",)),
@@ -128,3 +134,14 @@ def _exporter_text(db_url: str) -> str:
         collector.close()
     assert "leasestore_up 1.0" in text
     return text
+
+
+def test_a_fence_beyond_any_the_store_issues_is_bad_input(store: LeaseStore) -> None:
+    """Once an untyped overflow error from PostgreSQL's 32-bit column."""
+    store.enqueue("q", task_id="t1")
+    holder = store.claim_task("q", "a").lease
+    assert holder is not None
+    for fence in (2**31, 2**62):
+        with pytest.raises(InvalidArgument):
+            store.release_task(LeaseRef("t1", holder.token, fence), "done")
+    store.release_task(holder, "done")

@@ -503,8 +503,8 @@ class Driver:
 
     def audit_tail_buckets(self, table: q.AuditTable, after: int, upto: int, keep_from: float,
                            width: float) -> Step[list[Sequence[Any]]]:
-        """(bucket, *metric key, count) of the seven's rows with ``after < id <= upto``
-        and ``ts >= keep_from``."""
+        """(bucket, *metric key, count) of the rows with ``after < id <= upto``; the
+        bucket is None unless the row is one of the seven's with ``ts >= keep_from``."""
         return self.all(q.AUDIT_TAIL_BUCKETS[table],
                         {"after": after, "upto": upto, "keep_from": keep_from, "width": width})
 

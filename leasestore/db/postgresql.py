@@ -134,6 +134,9 @@ class PostgresDriver(Driver):
             return errors.StoreBusy(f"database busy: {_first_line(exc)}")
         if isinstance(exc, pg_errors.InsufficientPrivilege) and "append-only" in str(exc):
             return errors.InvalidTransition("event_log is append-only")
+        if isinstance(exc, psycopg.DataError):
+            # Validation bounds what the store is given; this is the backstop.
+            return errors.InvalidArgument(f"value out of range: {_first_line(exc)}")
         if isinstance(exc, pg_errors.UniqueViolation):
             return errors.DuplicateKey(f"duplicate key: {_first_line(exc)}")
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):

@@ -325,10 +325,12 @@ AUDIT_TAIL_TOTALS: dict[AuditTable, str] = {
     for table, (group, _key, _metric) in _AUDIT_TABLES.items()
 }
 
+# The filter is in the CASE, not the WHERE clause, so that the id range (not
+# the window's rows through the (kind, ts) index) is what gets read; the rows
+# with a NULL bucket are not the seven's.
 AUDIT_TAIL_BUCKETS: dict[AuditTable, str] = {
-    table: (f"SELECT {_BUCKET}, {key}, COUNT(*) FROM {table} "
-            f"WHERE id > :after AND id <= :upto AND {metric} AND ts >= :keep_from "
-            f"GROUP BY 1, {key}")
+    table: (f"SELECT CASE WHEN {metric} AND ts >= :keep_from THEN {_BUCKET} END, {key}, COUNT(*) "
+            f"FROM {table} WHERE id > :after AND id <= :upto GROUP BY 1, {key}")
     for table, (_group, key, metric) in _AUDIT_TABLES.items()
 }
 
