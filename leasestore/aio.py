@@ -37,6 +37,7 @@ from .retry import RetryPolicy
 from .store import DEFAULT_CLOCK_TOLERANCE, StoreSettings
 from .types import (
     ClaimResult,
+    ClaimStatus,
     ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
@@ -156,9 +157,25 @@ class AsyncLeaseStore(StoreSettings):
 
     # --- the holder's operations ------------------------------------------------
     async def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
-                         ttl: float | None = None, additional: bool = False) -> ClaimResult:
-        return await self._run(claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl,
-                                                additional=additional))
+                         ttl: float | None = None, additional: bool = False,
+                         wait: float | None = None) -> ClaimResult:
+        op = claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl, additional=additional)
+        plan = None if wait is None else claim.WaitPlan(queue, task_id, wait)
+        result = await self._run(op)
+        if plan is None or result.status is not ClaimStatus.NO_TASK:
+            return result
+        waiter = await self._adb.ready_listener()
+        try:
+            while True:
+                result = await self._run(op)
+                if result.status is not ClaimStatus.NO_TASK:
+                    return result
+                pause = plan.pause(waiter.notified, await self._run(claim.next_ready_in(self._ctx, plan.queue)))
+                if pause <= 0:
+                    return result
+                await waiter.wait(plan.queue, pause)
+        finally:
+            await waiter.close()
 
     async def claim_many(self, queue: str, owner: str, count: int, *, ttl: float | None = None) -> list[Lease]:
         return await self._run(claim.claim_many(self._ctx, queue, owner, count, ttl=ttl))

@@ -27,6 +27,7 @@ from .retry import RetryPolicy
 from .settings import resolve_database_url
 from .types import (
     ClaimResult,
+    ClaimStatus,
     ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
@@ -182,7 +183,7 @@ class LeaseStore(StoreSettings):
 
     # --- the holder's operations ------------------------------------------------
     def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
-                   ttl: float | None = None, additional: bool = False) -> ClaimResult:
+                   ttl: float | None = None, additional: bool = False, wait: float | None = None) -> ClaimResult:
         """Lease the next available task of ``queue`` (or the task ``task_id``).
 
         Results: ``acquired`` (new lease; ``lease.took_over`` when an expired
@@ -191,9 +192,30 @@ class LeaseStore(StoreSettings):
         (another owner holds an unexpired lease; recorded as a lock conflict) or
         ``noTask``. Unless ``additional`` is true, an owner that already holds an
         unexpired lease in the queue gets that lease back first.
+
+        With ``wait`` (seconds), a claim that finds nothing waits for a task
+        instead of answering ``noTask`` at once: on PostgreSQL it is woken by
+        LISTEN/NOTIFY the moment a task becomes pending; on SQLite it looks
+        again at a short backoff.
         """
-        return self._run(claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl,
-                                                         additional=additional))
+        op = claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl, additional=additional)
+        plan = None if wait is None else claim.WaitPlan(queue, task_id, wait)
+        result = self._run(op)
+        if plan is None or result.status is not ClaimStatus.NO_TASK:
+            return result
+        waiter = self._db.ready_listener()
+        try:
+            while True:
+                # Listening now: a task that became ready before is seen by this look.
+                result = self._run(op)
+                if result.status is not ClaimStatus.NO_TASK:
+                    return result
+                pause = plan.pause(waiter.notified, self._run(claim.next_ready_in(self._ctx, plan.queue)))
+                if pause <= 0:
+                    return result
+                waiter.wait(plan.queue, pause)
+        finally:
+            waiter.close()
 
     def claim_many(self, queue: str, owner: str, count: int, *, ttl: float | None = None) -> list[Lease]:
         """Lease up to ``count`` ready tasks in one round trip, each with its own

@@ -107,3 +107,45 @@ def test_a_store_made_by_schema_version_1_is_upgraded(sqlite_url: str) -> None:
         indexes = {r[0] for r in store.database.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "ix_tasks_ready" in indexes and "ix_tasks_pending" not in indexes
         assert store.database.query("SELECT value FROM leasestore_meta WHERE key = 'schema_version'")[0][0] == "2"
+
+
+def _enqueue_later(db_url: str, delay: float, **kwargs: object) -> threading.Thread:
+    def later() -> None:
+        time.sleep(delay)
+        with LeaseStore(db_url, init=False) as other:
+            other.enqueue("w", **kwargs)  # type: ignore[arg-type]
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    return thread
+
+
+def test_a_waiting_claim_wakes_when_a_task_arrives(store: LeaseStore, db_url: str) -> None:
+    """On PostgreSQL a NOTIFY wakes it; on SQLite the backoff looks again soon."""
+    thread = _enqueue_later(db_url, 0.5, task_id="late")
+    started = time.monotonic()
+    claim = store.claim_task("w", "waiter", wait=10)
+    waited = time.monotonic() - started
+    thread.join()
+    assert claim.lease is not None and claim.lease.task_id == "late"
+    assert 0.4 < waited < 2.0
+
+
+def test_a_waiting_claim_wakes_for_a_delayed_task(store: LeaseStore) -> None:
+    """Nothing notifies when a delay runs out: the claim sleeps until then."""
+    store.enqueue("w", task_id="delayed", delay=0.6)
+    started = time.monotonic()
+    claim = store.claim_task("w", "waiter", wait=10)
+    assert claim.lease is not None and 0.5 < time.monotonic() - started < 2.0
+
+
+def test_a_waiting_claim_gives_up_after_its_wait(store: LeaseStore) -> None:
+    started = time.monotonic()
+    claim = store.claim_task("w", "waiter", wait=0.5)
+    assert claim.lease is None and claim.no_task and 0.45 < time.monotonic() - started < 2.0
+
+
+def test_wait_is_for_queue_claims_only(store: LeaseStore) -> None:
+    for bad in (dict(task_id="t"), dict(wait=-1), dict(wait=float("inf"))):
+        with pytest.raises(InvalidArgument):
+            store.claim_task("w", "a", **{"wait": 1, **bad})  # type: ignore[arg-type]

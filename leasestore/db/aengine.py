@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .. import errors
 from .driver import Driver, Step, Tx
 from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line
-from .postgresql import PostgresDriver, connect_kwargs
+from .postgresql import AsyncReadyListener, PostgresDriver, connect_kwargs
 
 T = TypeVar("T")
 
@@ -40,6 +40,29 @@ class AsyncDatabase(Protocol):
     async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]: ...
 
     async def close(self) -> None: ...
+
+    async def ready_listener(self) -> AsyncReadyWaiter: ...
+
+
+class AsyncReadyWaiter(Protocol):
+    notified: bool
+
+    async def wait(self, queue: str, timeout: float) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncSleeper:
+    """Waits by sleeping (without blocking the loop): where nothing wakes a claim."""
+
+    notified = False
+
+    async def wait(self, queue: str, timeout: float) -> bool:
+        await asyncio.sleep(timeout)
+        return False
+
+    async def close(self) -> None:
+        pass
 
 
 async def adrive(run: StepRun, conn: AsyncConnection[Any]) -> Any:
@@ -98,6 +121,7 @@ class PostgresAsyncDatabase:
     def __init__(self, db: Database, *, pool_size: int = DEFAULT_POOL_SIZE,
                  pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
         self.driver = db.driver
+        self._url = db.url
         conninfo, kwargs = connect_kwargs(db.url)
         self._pool = AsyncConnectionPool(
             conninfo, kwargs={**kwargs, "autocommit": True}, min_size=1, max_size=pool_size,
@@ -159,6 +183,13 @@ class PostgresAsyncDatabase:
             await self._pool.close()
             self._opened = False
 
+    async def ready_listener(self) -> AsyncReadyWaiter:
+        try:
+            return await AsyncReadyListener.open(self._url)
+        except Exception as exc:
+            typed = self.driver.translate_error(exc)
+            raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc
+
 
 async def _close_quietly(conn: AsyncConnection[Any]) -> None:
     try:
@@ -192,6 +223,9 @@ class ThreadedAsyncDatabase:
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+    async def ready_listener(self) -> AsyncReadyWaiter:
+        return AsyncSleeper()
 
 
 def open_async(db: Database, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncDatabase:

@@ -321,6 +321,10 @@ class Driver:
         n-th hash, each with its audit rows; (n, lease) pairs in n order."""
         raise NotImplementedError
 
+    def next_available_at(self, queue: str) -> Step[float | None]:
+        row = yield self.stmt(q.NEXT_AVAILABLE_AT, {"queue": queue}, Fetch.ONE)
+        return float(row[0]) if row is not None and row[0] is not None else None
+
     def own_lease(self, owner: str, queue: str, now: float) -> Step[str | None]:
         row = yield self.stmt(q.SELECT_OWN_LEASE, {"owner": owner, "queue": queue, "now": now}, Fetch.ONE)
         return str(row[0]) if row is not None else None

@@ -9,18 +9,19 @@ This is the only module that reads a URL's scheme.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from .. import errors
 from .driver import Clock, Driver, Fetch, Step, Stmt, Tx
-from .postgresql import PostgresDriver, connect_kwargs
+from .postgresql import PostgresDriver, ReadyListener, connect_kwargs
 from .sqlite import SqliteDriver, WriteGate, check_version, configure_connection
 
 T = TypeVar("T")
@@ -163,6 +164,27 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+class ReadyWaiter(Protocol):
+    notified: bool  # whether the server wakes the waiter (else it only sleeps)
+
+    def wait(self, queue: str, timeout: float) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Sleeper:
+    """Waits by sleeping: where nothing can wake a waiting claim (SQLite)."""
+
+    notified = False
+
+    def wait(self, queue: str, timeout: float) -> bool:
+        time.sleep(timeout)
+        return False
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Database:
     """A store's database for blocking callers: a pool and the runner of steps."""
@@ -213,6 +235,17 @@ class Database:
         """A pooled DB-API connection; the caller closes it (back to the pool)."""
         try:
             return self.engine.raw_connection()
+        except Exception as exc:
+            typed = self.driver.translate_error(exc)
+            raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc
+
+    def ready_listener(self) -> ReadyWaiter:
+        """What a claim waits on between looks: woken by the server where it can
+        notify (PostgreSQL LISTEN), else a plain sleep. The caller closes it."""
+        if not isinstance(self.driver, PostgresDriver):
+            return Sleeper()
+        try:
+            return ReadyListener(self.url)
         except Exception as exc:
             typed = self.driver.translate_error(exc)
             raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc

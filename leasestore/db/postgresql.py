@@ -12,6 +12,7 @@ Time is the server's ``clock_timestamp()``, so hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -50,6 +51,22 @@ APPEND_ONLY_DDL = [
     """CREATE TRIGGER event_log_no_truncate BEFORE TRUNCATE ON event_log
        FOR EACH STATEMENT EXECUTE FUNCTION leasestore_event_log_append_only()""",
 ]
+
+# A task that becomes pending wakes the claims waiting on its queue. PostgreSQL
+# folds identical notifications of one transaction into one.
+READY_CHANNEL = "leasestore_ready"
+READY_NOTIFY_DDL = [
+    f"""CREATE OR REPLACE FUNCTION leasestore_notify_ready() RETURNS trigger
+       LANGUAGE plpgsql AS $$
+       BEGIN
+         PERFORM pg_notify('{READY_CHANNEL}', NEW.queue);
+         RETURN NULL;
+       END $$""",
+    "DROP TRIGGER IF EXISTS tasks_notify_ready ON tasks",
+    """CREATE TRIGGER tasks_notify_ready AFTER INSERT OR UPDATE OF status ON tasks
+       FOR EACH ROW WHEN (NEW.status = 'pending') EXECUTE FUNCTION leasestore_notify_ready()""",
+]
+LISTEN_READY = f"LISTEN {READY_CHANNEL}"
 
 # Any constant works; it only has to be the same for every init-db.
 _SCHEMA_LOCK_KEY = 0x1EA5E5
@@ -115,7 +132,7 @@ class PostgresDriver(Driver):
         return sorted((int(r[0]) - 1, LeaseRow.from_row(r[1:])) for r in rows)
 
     def schema_extras(self) -> list[str]:
-        return list(APPEND_ONLY_DDL)
+        return list(APPEND_ONLY_DDL) + list(READY_NOTIFY_DDL)
 
     def lock_schema(self) -> Step[None]:
         yield Stmt(LOCK_SCHEMA, {"key": _SCHEMA_LOCK_KEY}, Fetch.ONE)
@@ -348,3 +365,56 @@ def connect_kwargs(url: URL) -> tuple[str, dict[str, Any]]:
             del kwargs[key]  # the operator's setting wins
     plain = url.set(drivername="postgresql").difference_update_query(["options"])
     return plain.render_as_string(hide_password=False), kwargs
+
+
+# --- waking claims that wait -----------------------------------------------------
+
+
+class ReadyListener:
+    """A connection of its own that LISTENs for tasks becoming pending."""
+
+    notified = True
+
+    def __init__(self, url: URL) -> None:
+        conninfo, kwargs = connect_kwargs(url)
+        self._conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
+        self._conn.execute(LISTEN_READY)
+
+    def wait(self, queue: str, timeout: float) -> bool:
+        """Whether ``queue`` got a ready task within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            for note in self._conn.notifies(timeout=left, stop_after=1):
+                if note.payload == queue:
+                    return True
+        return False
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class AsyncReadyListener:
+    """:class:`ReadyListener` on an asyncio connection."""
+
+    notified = True
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self._conn = conn
+
+    @classmethod
+    async def open(cls, url: URL) -> AsyncReadyListener:
+        conninfo, kwargs = connect_kwargs(url)
+        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs)
+        await conn.execute(LISTEN_READY)
+        return cls(conn)
+
+    async def wait(self, queue: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            async for note in self._conn.notifies(timeout=left, stop_after=1):
+                if note.payload == queue:
+                    return True
+        return False
+
+    async def close(self) -> None:
+        await self._conn.close()

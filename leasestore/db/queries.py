@@ -93,6 +93,9 @@ WHERE id = :id AND fencing_token = :fence AND status = :from_status
 RETURNING {LEASE_COLUMNS}
 """
 
+# When the next pending task of a queue becomes ready (a claim that waits sleeps until then).
+NEXT_AVAILABLE_AT = "SELECT MIN(available_at) FROM tasks WHERE queue = :queue AND status = 'pending'"
+
 # --- holder writes ----------------------------------------------------------------
 # Every write by a holder names its token hash and fencing token and requires
 # an unexpired lease in the same statement: a holder whose lease ended changes nothing.

@@ -4,6 +4,7 @@ task, take over an expired lease, dead-letter one at its limit, or answer busy."
 from __future__ import annotations
 
 import logging
+import time
 
 from .. import errors, validation
 from ..db import audit
@@ -152,3 +153,47 @@ def claim_many(ctx: Context, queue: str, owner: str, count: int, *, ttl: float |
         return [to_lease(row, tokens[n], ttl, took_over=False) for n, row in leased]
 
     return step
+
+
+# A claim that waits looks again when woken, when the next delayed task of the
+# queue becomes ready, and otherwise: on a notifying backend only as a fallback
+# (idle waiters cost the server almost nothing), else at a backoff.
+MAX_WAIT = 3600.0
+NOTIFIED_FALLBACK = 30.0
+POLL_FIRST = 0.01
+POLL_MOST = 0.5
+
+
+class WaitPlan:
+    """How long a waiting claim sleeps between looks; one policy for both faces."""
+
+    def __init__(self, queue: str | None, task_id: str | None, wait: float) -> None:
+        if queue is None or task_id is not None:
+            raise errors.InvalidArgument("wait applies to a claim of a queue's next task, not of a named task")
+        self.queue = queue
+        self.deadline = time.monotonic() + validation.seconds(wait, "wait", 0.0, MAX_WAIT)
+        self._poll = POLL_FIRST
+
+    def pause(self, notified: bool, next_ready_in: float | None) -> float:
+        """Seconds to wait before the next look; 0 when the wait is over."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            return 0.0
+        if notified:
+            step = NOTIFIED_FALLBACK
+        else:
+            step, self._poll = self._poll, min(self._poll * 2, POLL_MOST)
+        if next_ready_in is not None:
+            step = min(step, max(next_ready_in, 0.001))
+        return min(step, left)
+
+
+def next_ready_in(ctx: Context, queue: str) -> Op[float | None]:
+    """Seconds until the queue's next pending task is ready (None: there is none)."""
+    d = ctx.driver
+
+    def body(now: float) -> Step[float | None]:
+        at = yield from d.next_available_at(queue)
+        return None if at is None else at - now
+
+    return lambda: d.read(body)
