@@ -167,8 +167,10 @@ class AsyncLeaseStore(StoreSettings):
         waiter = await self._adb.ready_listener()
         try:
             while True:
+                waiter.mark(plan.queue)
                 result = await self._run(op)
                 if result.status is not ClaimStatus.NO_TASK:
+                    waiter.passed_on(plan.queue)
                     return result
                 pause = plan.pause(waiter.notified, await self._run(claim.next_ready_in(self._ctx, plan.queue)))
                 if pause <= 0:

@@ -5,6 +5,10 @@ Every command finds the database by the library's rules (``--db``, then
 empty ``--db`` (or variable) is refused, never read as "the default".
 Errors print one line on stderr and exit non-zero; there are no tracebacks
 unless ``LEASESTORE_DEBUG=1``.
+
+Every command that prints a result takes ``--json`` (one JSON document on
+stdout). Tables never cut ids, timestamps or owners (see
+:mod:`leasestore.console`); long operations show progress on a terminal only.
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import json
 import os
 import sys
 from datetime import datetime, timezone
+from enum import Enum
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import errors
-from .metrics import DEFAULT_WINDOW_MINUTES, MetricsReport, compute_metrics, record_alerts
-from .models import ReleaseOutcome
+from .console import Column, print_metrics, print_rows, progress, progress_console, quiet_console, stderr_console, stdout_console
+from .metrics import DEFAULT_WINDOW_MINUTES, compute_metrics, record_alerts
+from .models import DeadLetterStatus, ReleaseOutcome
 from .settings import not_empty
 from .store import DEFAULT_LEASE_TTL, LeaseStore
-from .types import LeaseRef
+from .types import ClockStatus, LeaseRef, RecoveryReport
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="A lease store for AI agents: claim, heartbeat, release, recover.")
@@ -33,11 +38,20 @@ phase3_app = typer.Typer(no_args_is_help=True, help="Phase-3 contention and regr
 app.add_typer(dead_letters_app, name="dead-letters")
 app.add_typer(phase3_app, name="phase3")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Remade by main() for every invocation, so COLUMNS and the terminal are read then.
+out = stdout_console()
+err = stderr_console()
 
 DbOption = Annotated[Optional[str], typer.Option("--db", help="SQLite path or SQLAlchemy URL (overrides LEASESTORE_DATABASE_URL and ORCH_DB_PATH).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output (one document on stdout).")]
+
+
+class Scenario(str, Enum):
+    """The phase-3 scenarios (``loadtest.names.SCENARIOS``)."""
+
+    DRAIN = "drain"
+    HOT = "hot"
+    STALL = "stall"
 
 
 class _State:
@@ -88,11 +102,15 @@ def _ts(epoch: float | None) -> str:
 
 
 @app.command("init-db")
-def init_db(db: DbOption = None) -> None:
+def init_db(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Create or upgrade the schema (safe to run again)."""
     with _open(db, create=True) as store:
         version = store.init_db()
-        out.print(f"schema version {version} ready at {store.url.render_as_string(hide_password=True)}")
+        url = store.url.render_as_string(hide_password=True)
+    if as_json:
+        _emit_json({"schema_version": version, "url": url})
+    else:
+        out.print(f"schema version {version} ready at {url}", markup=False)
 
 
 @app.command()
@@ -114,7 +132,7 @@ def enqueue(
     if as_json:
         _emit_json({"task_id": result.task_id, "created": result.created})
     else:
-        out.print(f"{'enqueued' if result.created else 'exists'} {result.task_id}")
+        out.print(f"{'enqueued' if result.created else 'exists'} {result.task_id}", markup=False)
 
 
 @app.command()
@@ -145,12 +163,12 @@ def claim(
     if as_json:
         _emit_json(data)
     elif lease is not None:
-        out.print(f"{result.status.value} {lease.task_id} fence={lease.fencing_token} attempt={lease.attempt}/{lease.max_attempts} expires={_ts(lease.expires_at)}")
-        out.print(f"token={lease.token}")
+        out.print(f"{result.status.value} {lease.task_id} fence={lease.fencing_token} attempt={lease.attempt}/{lease.max_attempts} expires={_ts(lease.expires_at)}", markup=False)
+        out.print(f"token={lease.token}", markup=False)
         if lease.checkpoint is not None:
-            out.print(f"checkpoint={json.dumps(lease.checkpoint)}")
+            out.print(f"checkpoint={json.dumps(lease.checkpoint)}", markup=False)
     else:
-        out.print(result.status.value + (f" (held by {result.holder})" if result.holder else ""))
+        out.print(result.status.value + (f" (held by {result.holder})" if result.holder else ""), markup=False)
     if result.lease is None:
         raise typer.Exit(3 if result.busy else 4)
 
@@ -178,7 +196,7 @@ def heartbeat(
     if as_json:
         _emit_json({"task_id": result.task_id, "fencing_token": result.fencing_token, "expires_at": result.expires_at})
     else:
-        out.print(f"extended {result.task_id} until {_ts(result.expires_at)}")
+        out.print(f"extended {result.task_id} until {_ts(result.expires_at)}", markup=False)
 
 
 @app.command()
@@ -186,41 +204,68 @@ def release(
     task_id: str,
     token: TokenOption,
     fence: FenceOption,
-    outcome: Annotated[str, typer.Option(help="done or failed.")] = "done",
+    outcome: Annotated[ReleaseOutcome, typer.Option(help="How the work ended.", case_sensitive=False)] = ReleaseOutcome.DONE,
     error: Annotated[Optional[str], typer.Option(help="Why it failed.")] = None,
     retry_in: Annotated[Optional[float], typer.Option(help="Seconds before a retry (default: backoff policy).")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Release a lease as done or failed."""
-    try:
-        kind = ReleaseOutcome(outcome)
-    except ValueError:
-        raise errors.InvalidArgument("--outcome must be done or failed") from None
     with _open(db) as store:
-        result = store.release_task(LeaseRef(task_id, token, fence), kind, error, retry_in=retry_in)
+        result = store.release_task(LeaseRef(task_id, token, fence), ReleaseOutcome(outcome), error, retry_in=retry_in)
     if as_json:
         _emit_json({"task_id": result.task_id, "result": result.result.value, "attempt": result.attempt,
                     "next_attempt_at": result.next_attempt_at, "dead_letter_id": result.dead_letter_id})
     else:
-        out.print(f"{result.result.value} {result.task_id} (attempt {result.attempt})")
+        out.print(f"{result.result.value} {result.task_id} (attempt {result.attempt})", markup=False)
+
+
+def _add(a: RecoveryReport, b: RecoveryReport) -> RecoveryReport:
+    return RecoveryReport(a.scanned + b.scanned, a.recovered + b.recovered, a.dead_lettered + b.dead_lettered,
+                          a.skipped + b.skipped, a.failed + b.failed)
 
 
 @app.command()
 def recover(
     batch_size: Annotated[int, typer.Option(help="Leases per transaction.")] = 100,
+    max_batches: Annotated[int, typer.Option(help="Stop after this many batches (run again for the rest).")] = 100,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Return expired leases to pending (dead-letter them at their retry limit)."""
-    with _open(db) as store:
-        report = store.recover_stale(batch_size=batch_size)
-    data = {"scanned": report.scanned, "recovered": report.recovered, "dead_lettered": report.dead_lettered,
-            "skipped": report.skipped, "failed": report.failed, "failure_ratio": report.failure_ratio}
+    """Return expired leases to pending (dead-letter them at their retry limit).
+
+    On a terminal, shows how far the sweep is while it runs.
+    """
+    if isinstance(max_batches, bool) or not 1 <= max_batches <= 1_000_000:
+        raise errors.InvalidArgument("max batches must be an integer from 1 to 1000000")
+    totals = RecoveryReport()
+    batches = 0
+    more = False
+    with _open(db) as store, progress(progress_console(), SpinnerColumn(), TextColumn("{task.description}"),
+                                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn()) as bar:
+        shown = bar.add_task("recovering expired leases", total=None, detail="")
+        while True:
+            report = store.recover_stale(batch_size=batch_size, max_batches=1)
+            totals, batches = _add(totals, report), batches + 1
+            bar.update(shown, detail=f"batch {batches}: scanned {totals.scanned}, recovered {totals.recovered}, "
+                                     f"dead-lettered {totals.dead_lettered}, failed {totals.failed}")
+            if report.scanned < batch_size:
+                break
+            if batches >= max_batches:
+                more = True
+                break
+    data: dict[str, Any] = {"scanned": totals.scanned, "recovered": totals.recovered,
+                            "dead_lettered": totals.dead_lettered, "skipped": totals.skipped,
+                            "failed": totals.failed, "failure_ratio": totals.failure_ratio,
+                            "batches": batches, "more_left": more}
     if as_json:
         _emit_json(data)
-    else:
-        out.print(" ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items()))
+        return
+    out.print(" ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items()
+                       if k not in ("batches", "more_left")), markup=False)
+    if more:
+        out.print(f"stopped after {batches} batches of {batch_size}: expired leases may be left; run again "
+                  "or raise --max-batches", markup=False)
 
 
 @app.command()
@@ -228,11 +273,15 @@ def revoke(
     task_id: str,
     reason: Annotated[str, typer.Option(help="Recorded in the audit log.")] = "revoked by operator",
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """End a task's lease now; the task goes back to pending."""
     with _open(db) as store:
         store.revoke_lease(task_id, reason=reason)
-    out.print(f"revoked {task_id}")
+    if as_json:
+        _emit_json({"task_id": task_id, "revoked": True, "reason": reason})
+    else:
+        out.print(f"revoked {task_id}", markup=False)
 
 
 @app.command()
@@ -243,19 +292,14 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         _emit_json(summary)
         return
-    counts = Table(title="tasks")
-    for column in ("queue", "status", "count"):
-        counts.add_column(column, justify="right" if column == "count" else "left")
-    for row in summary["counts"]:
-        counts.add_row(row["queue"], row["status"], str(row["count"]))
-    out.print(counts)
-    leases = Table(title="active leases")
-    for column in ("task", "queue", "owner", "fence", "attempt", "age s", "expires in s"):
-        leases.add_column(column)
-    for lease in summary["leases"]:
-        leases.add_row(lease["task_id"], lease["queue"], lease["owner"], str(lease["fencing_token"]),
-                       str(lease["attempt"]), f"{lease['age_seconds']:.1f}", f"{lease['expires_in_seconds']:.1f}")
-    out.print(leases)
+    print_rows(out, "tasks", [Column("queue"), Column("status"), Column("count", justify="right")],
+               [[row["queue"], row["status"], str(row["count"])] for row in summary["counts"]])
+    print_rows(out, "active leases",
+               [Column("task"), Column("queue"), Column("owner"), Column("fence", justify="right"),
+                Column("attempt", justify="right"), Column("age s", justify="right"),
+                Column("expires in s", justify="right")],
+               [[lease["task_id"], lease["queue"], lease["owner"], str(lease["fencing_token"]), str(lease["attempt"]),
+                 f"{lease['age_seconds']:.1f}", f"{lease['expires_in_seconds']:.1f}"] for lease in summary["leases"]])
 
 
 @app.command()
@@ -271,43 +315,46 @@ def events(
     if as_json:
         _emit_json(rows)
         return
-    table = Table(title="event_log")
-    for column in ("id", "time", "task", "queue", "kind", "from", "to", "owner", "fence", "attempt", "reason"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(str(r["id"]), _ts(r["ts"]), r["task_id"], r["queue"], r["kind"], r["from_status"] or "-",
-                      r["to_status"] or "-", r["owner"] or "-", str(r["fencing_token"] or "-"),
-                      str(r["attempt"] if r["attempt"] is not None else "-"), r["reason"] or "-")
-    out.print(table)
+    columns = [Column("id", justify="right"), Column("time"), Column("task"), Column("queue"), Column("kind"),
+               Column("from"), Column("to"), Column("owner"), Column("fence", justify="right"),
+               Column("attempt", justify="right"), Column("reason", whole=False)]
+    print_rows(out, "event_log", columns, [
+        [str(r["id"]), _ts(r["ts"]), r["task_id"], r["queue"], r["kind"], r["from_status"] or "-",
+         r["to_status"] or "-", r["owner"] or "-", str(r["fencing_token"] or "-"),
+         str(r["attempt"] if r["attempt"] is not None else "-"), r["reason"] or "-"]
+        for r in rows])
 
 
 @dead_letters_app.command("list")
 def dead_letters_list(
-    status_: Annotated[str, typer.Option("--status", help="open, requeued or resolved.")] = "open",
-    limit: int = 100,
+    status_: Annotated[DeadLetterStatus, typer.Option("--status", help="Which dead letters.", case_sensitive=False)] = DeadLetterStatus.OPEN,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """List dead letters."""
+    which = DeadLetterStatus(status_)
     with _open(db) as store:
-        rows = store.list_dead_letters(status=status_, limit=limit)
+        rows = store.list_dead_letters(status=which, limit=limit)
     if as_json:
         _emit_json([r.__dict__ for r in rows])
         return
-    table = Table(title=f"dead letters ({status_})")
-    for column in ("id", "task", "queue", "reason", "attempts", "created", "last error"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(str(r.id), r.task_id, r.queue, r.reason, str(r.attempts), _ts(r.created_at), (r.last_error or "")[:80])
-    out.print(table)
+    columns = [Column("id", justify="right"), Column("task"), Column("queue"), Column("reason"),
+               Column("attempts", justify="right"), Column("created"), Column("last error", whole=False)]
+    print_rows(out, f"dead letters ({which.value})", columns, [
+        [str(r.id), r.task_id, r.queue, r.reason, str(r.attempts), _ts(r.created_at), r.last_error or "-"]
+        for r in rows])
 
 
 @dead_letters_app.command("requeue")
-def dead_letters_requeue(dead_letter_id: int, db: DbOption = None) -> None:
+def dead_letters_requeue(dead_letter_id: int, db: DbOption = None, as_json: JsonOption = False) -> None:
     """Put one dead-lettered task back to pending with fresh attempts."""
     with _open(db) as store:
         task_id = store.requeue_dead_letter(dead_letter_id)
-    out.print(f"requeued {task_id}")
+    if as_json:
+        _emit_json({"dead_letter_id": dead_letter_id, "task_id": task_id, "status": "requeued"})
+    else:
+        out.print(f"requeued {task_id}", markup=False)
 
 
 @dead_letters_app.command("resolve")
@@ -315,22 +362,15 @@ def dead_letters_resolve(
     dead_letter_id: int,
     note: Annotated[Optional[str], typer.Option(help="Why it is closed.")] = None,
     db: DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Close a dead letter without running its task again."""
     with _open(db) as store:
         task_id = store.resolve_dead_letter(dead_letter_id, note)
-    out.print(f"resolved dead letter {dead_letter_id} (task {task_id})")
-
-
-def print_metrics(report: MetricsReport) -> None:
-    table = Table(title=f"leasestore metrics, last {report.window_minutes:g} min")
-    for column in ("metric", "value", "threshold", "state"):
-        table.add_column(column)
-    for v in report.values:
-        table.add_row(v.definition.key, f"{v.value:g}", f"{v.threshold:g}",
-                      "[bold red]ALERT[/]" if v.alert else "ok")
-    out.print(table)
-    print(f"METRICS_ALERT={int(report.alert)}")
+    if as_json:
+        _emit_json({"dead_letter_id": dead_letter_id, "task_id": task_id, "status": "resolved", "note": note})
+    else:
+        out.print(f"resolved dead letter {dead_letter_id} (task {task_id})", markup=False)
 
 
 @app.command()
@@ -355,7 +395,69 @@ def metrics(
     if as_json:
         _emit_json(report.as_dict())
     else:
-        print_metrics(report)
+        print_metrics(out, report)
+
+
+def _clock_data(backend: str, status: ClockStatus) -> dict[str, Any]:
+    return {"backend": backend, "now": status.now, "store_time": status.store_time,
+            "tolerance_seconds": status.tolerance, "behind_seconds": status.behind, "refused": status.refused}
+
+
+@app.command()
+def clock(
+    reset: Annotated[bool, typer.Option("--reset", help="Set the store's time to this process's clock (after a clock that ran ahead was fixed).")] = False,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """This process's clock, the store's time, and whether writes are refused.
+
+    SQLite has no server clock: every process writes with its own, and the store
+    keeps the latest one used (the store's time). A process whose clock is
+    behind it by more than the tolerance has its writes refused (ClockBehind).
+    PostgreSQL has one server clock, so there is nothing to compare or reset.
+    """
+    with _open(db) as store:
+        backend = store.backend
+        before = store.clock_status()
+        after: ClockStatus | None = None
+        if reset and before.store_time is not None:
+            before = store.reset_clock()  # the status just before the reset, read in its transaction
+            after = store.clock_status()
+    one_clock = before.store_time is None
+    if as_json:
+        data = _clock_data(backend, before)
+        if reset:
+            data = {"reset": after is not None, "before": data,
+                    "after": _clock_data(backend, after) if after is not None else None}
+        _emit_json(data)
+        return
+    if one_clock:
+        out.print(f"store time  {_ts(before.now)}  (PostgreSQL: one server clock; writes are never refused "
+                  "for a client's clock)", markup=False)
+        if reset:
+            out.print("nothing to reset: PostgreSQL: one server clock", markup=False)
+        return
+    _print_clock(before, "before the reset" if reset else None)
+    if after is not None:
+        out.print(f"reset: the store's time was {_ts(before.store_time)}, it is now this process's clock "
+                  f"{_ts(after.store_time)}", markup=False)
+        _print_clock(after, "after the reset")
+
+
+def _print_clock(status: ClockStatus, heading: str | None) -> None:
+    if heading:
+        out.print(f"{heading}:", markup=False)
+    tolerance = "off" if status.tolerance is None else f"{status.tolerance:g} s"
+    out.print(f"this process's clock  {_ts(status.now)}", markup=False)
+    out.print(f"store's time          {_ts(status.store_time)}  (the latest clock any writer used)", markup=False)
+    ahead = (status.now - status.store_time) if status.store_time is not None else 0.0
+    relation = f"behind by {status.behind:.3f} s" if status.behind > 0 else f"ahead by {ahead:.3f} s"
+    out.print(f"this clock is         {relation} (tolerance {tolerance})", markup=False)
+    if status.refused:
+        out.print("writes                REFUSED (ClockBehind): this process's clock is behind the store's time; "
+                  "if a clock that ran ahead was fixed, run `leasestore clock --reset`", markup=False)
+    else:
+        out.print("writes                accepted", markup=False)
 
 
 @app.command()
@@ -363,10 +465,14 @@ def exporter(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[Optional[int], typer.Option(help="Port to listen on.", min=0, max=65535)] = None,
     window: Annotated[float, typer.Option(help="Metrics window, minutes.")] = DEFAULT_WINDOW_MINUTES,
-    tls_cert: Annotated[Optional[str], typer.Option(help="PEM certificate: serve HTTPS.")] = None,
-    tls_key: Annotated[Optional[str], typer.Option(help="PEM private key of --tls-cert.")] = None,
+    web_config_file: Annotated[Optional[str], typer.Option(
+        "--web.config.file", "--web-config-file",
+        help="Prometheus exporter web config (YAML: tls_server_config, basic_auth_users with bcrypt hashes); "
+             "re-read on change and on SIGHUP; excludes the four shorthand flags.")] = None,
+    tls_cert: Annotated[Optional[str], typer.Option(help="Shorthand: PEM certificate, serve HTTPS.")] = None,
+    tls_key: Annotated[Optional[str], typer.Option(help="Shorthand: PEM private key of --tls-cert.")] = None,
     basic_auth_user: Annotated[Optional[str], typer.Option(
-        help="Require this user; password from $LEASESTORE_EXPORTER_PASSWORD or --basic-auth-password-file.")] = None,
+        help="Shorthand: require this user; password from $LEASESTORE_EXPORTER_PASSWORD or --basic-auth-password-file.")] = None,
     basic_auth_password_file: Annotated[Optional[str], typer.Option(help="File holding the password.")] = None,
     insecure: Annotated[bool, typer.Option(help="Allow a non-loopback bind without TLS and auth.")] = False,
     db: DbOption = None,
@@ -374,15 +480,26 @@ def exporter(
     """Serve the metrics for Prometheus (reads the database at scrape time)."""
     from exporter import server
 
+    raise typer.Exit(server.main(exporter_argv(
+        host=host, port=port, window=window, web_config_file=web_config_file, tls_cert=tls_cert, tls_key=tls_key,
+        basic_auth_user=basic_auth_user, basic_auth_password_file=basic_auth_password_file, insecure=insecure,
+        db=_db(db))) or 0)
+
+
+def exporter_argv(*, host: str, port: int | None, window: float, web_config_file: str | None, tls_cert: str | None,
+                  tls_key: str | None, basic_auth_user: str | None, basic_auth_password_file: str | None,
+                  insecure: bool, db: str | None) -> list[str]:
+    """The arguments ``exporter/server.py`` is given for ``leasestore exporter``."""
     argv = ["--host", host, "--window", str(window)]
-    options = {"--port": port, "--db": _db(db), "--tls-cert": tls_cert, "--tls-key": tls_key,
-               "--basic-auth-user": basic_auth_user, "--basic-auth-password-file": basic_auth_password_file}
+    options = {"--port": port, "--db": db, "--web.config.file": web_config_file, "--tls-cert": tls_cert,
+               "--tls-key": tls_key, "--basic-auth-user": basic_auth_user,
+               "--basic-auth-password-file": basic_auth_password_file}
     for flag, value in options.items():
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [f"{flag}={value}"]
     if insecure:
         argv.append("--insecure")
-    raise typer.Exit(server.main(argv) or 0)
+    return argv
 
 
 @app.command()
@@ -390,18 +507,23 @@ def demo(
     workers: Annotated[int, typer.Option(help="Agent processes.")] = 3,
     tasks: Annotated[int, typer.Option(help="Tasks to work through.")] = 24,
     db: Annotated[Optional[str], typer.Option("--db", help="Store to use (default: a fresh file in a temporary folder).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Watch the store work: agents drain a queue, one is killed mid-task, its task is recovered."""
     from .demo import run_demo
 
-    raise typer.Exit(run_demo(workers=workers, tasks=tasks, db=_db(db), console=out))
+    result = run_demo(workers=workers, tasks=tasks, db=_db(db), console=quiet_console() if as_json else out,
+                      live=progress_console())
+    if as_json:
+        _emit_json(result.as_dict())
+    raise typer.Exit(0 if result.ok else 1)
 
 
 def _phase3_common(workers: int, tasks: int, iterations: int, fail_rate: float, ttl: float,
-                   report_dir: str, max_seconds: float, db: str | None) -> dict[str, Any]:
+                   report_dir: str, max_seconds: float, db: str | None, as_json: bool) -> dict[str, Any]:
     return {"workers": workers, "tasks": tasks, "iterations": iterations, "fail_rate": fail_rate,
             "ttl": ttl, "report_dir": report_dir, "max_seconds": max_seconds, "db_url": _db(db),
-            "console": out}
+            "console": quiet_console() if as_json else out, "live": progress_console()}
 
 
 WorkersOption = Annotated[int, typer.Option(help="Agent processes (one locust user each).")]
@@ -419,7 +541,7 @@ def phase3_concurrency(
     iterations: IterationsOption = 25,
     fail_rate: Annotated[float, typer.Option("--fail-rate", "--failRate", help="Probability an agent fails its task.")] = 0.1,
     ttl: TtlOption = 5.0,
-    scenario: Annotated[str, typer.Option(help="drain (one queue), hot (a few hot task ids) or stall (agents stop heartbeating).")] = "drain",
+    scenario: Annotated[Scenario, typer.Option(help="drain: one queue; hot: a few hot task ids; stall: agents stop heartbeating.", case_sensitive=False)] = Scenario.DRAIN,
     heartbeats: Annotated[int, typer.Option(help="Heartbeats per held task.")] = 1,
     work_ms: Annotated[Optional[float], typer.Option("--work-ms", "--workMs", help="Simulated work before each heartbeat and the release, ms (default: 5 for hot, else 0).")] = None,
     hot_tasks: Annotated[int, typer.Option("--hot-tasks", "--hotTasks", help="hot: how many task ids the agents fight over.")] = 4,
@@ -427,13 +549,19 @@ def phase3_concurrency(
     report_dir: Annotated[str, typer.Option("--report-dir", "--reportDir", help="Where locust's CSV/HTML go.")] = "out/phase3-concurrency",
     max_seconds: MaxSecondsOption = 300.0,
     db: Phase3DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Many agents drain one queue; reports contention, latency, metrics and invariants."""
+    """Many agents drain one queue; reports contention, latency, metrics and invariants.
+
+    Exit code 0 when the verdict is PASS, 1 when it is FAIL.
+    """
     from loadtest import phase3
 
-    result = phase3.run_concurrency(scenario=scenario, heartbeats=heartbeats, work_ms=work_ms, hot_tasks=hot_tasks,
-                                    stall_rate=stall_rate, **_phase3_common(
-        workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db))
+    result = phase3.run_concurrency(scenario=Scenario(scenario).value, heartbeats=heartbeats, work_ms=work_ms,
+                                    hot_tasks=hot_tasks, stall_rate=stall_rate, **_phase3_common(
+        workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db, as_json))
+    if as_json:
+        _emit_json(result.as_dict())
     raise typer.Exit(0 if result.ok else 1)
 
 
@@ -449,23 +577,38 @@ def phase3_regression(
     report_dir: Annotated[str, typer.Option("--report-dir", "--reportDir", help="Where locust's CSV/HTML go.")] = "out/phase3-regression",
     max_seconds: MaxSecondsOption = 300.0,
     db: Phase3DbOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Repeated rounds; fails when throughput or p95 latency worsens beyond tolerance."""
+    """Repeated rounds; fails when throughput or p95 latency worsens beyond tolerance.
+
+    Exit code 0 when every round passes and nothing regressed, 1 on a failed
+    round or a regression, 5 when the rounds were too short to compare.
+    """
     from loadtest import phase3
 
     result = phase3.run_regression(rounds=rounds, tolerance=tolerance, **_phase3_common(
-        workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db))
-    raise typer.Exit(0 if result.ok else 1)
+        workers, tasks, iterations, fail_rate, ttl, report_dir, max_seconds, db, as_json))
+    if as_json:
+        _emit_json(result.as_dict())
+    raise typer.Exit(result.exit_code)
+
+
+def _usage_message(exc: Exception) -> str:
+    message = str(exc.format_message())  # type: ignore[attr-defined]
+    # typer's enum conversion says "Value error, 'x' is not one of ..."
+    return " ".join(message.replace("Value error, ", "").split())
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors, never a traceback."""
+    global out, err
+    out, err = stdout_console(), stderr_console()
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         # Without standalone mode click returns the code of typer.Exit.
         code = app(args=args, prog_name="leasestore", standalone_mode=False)
     except errors.LeaseStoreError as exc:
-        err.print(f"error: {exc}", markup=False)
+        err.print(f"error: {_one_line(str(exc))}", markup=False)
         return 1
     except typer.Exit as exc:
         return exc.exit_code
@@ -476,15 +619,19 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # never a traceback for users; LEASESTORE_DEBUG=1 shows it
         if _is_usage_error(exc):
-            message = exc.format_message()  # type: ignore[attr-defined]
+            message = _usage_message(exc)
             if message:  # empty when click already printed the help
                 err.print(f"error: {message}", markup=False)
             return int(getattr(exc, "exit_code", 2))
         if os.environ.get("LEASESTORE_DEBUG") == "1":
             raise
-        err.print(f"error: unexpected {type(exc).__name__}: {exc}", markup=False)
+        err.print(f"error: unexpected {type(exc).__name__}: {_one_line(str(exc))}", markup=False)
         return 1
     return code if isinstance(code, int) else 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _is_usage_error(exc: Exception) -> bool:

@@ -15,13 +15,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, TextColumn
+from rich.text import Text
 
+from .console import print_metrics, progress
 from .errors import InvalidArgument, LeaseLost
-from .metrics import compute_metrics
+from .metrics import MetricsReport, compute_metrics
 from .retry import RetryPolicy
 from .store import LeaseStore
 from .validation import positive_int
@@ -65,7 +69,34 @@ def _drained(store: LeaseStore) -> bool:
     return not counts.get("pending") and not counts.get("leased")
 
 
-def run_demo(*, workers: int, tasks: int, db: str | None, console: Console) -> int:
+@dataclass
+class DemoResult:
+    """What a demo run ended with (``leasestore demo --json`` prints it)."""
+
+    store: str
+    workers: int
+    tasks: int
+    seconds: float
+    counts: dict[str, int]
+    killed: str | None = None  # the agent that was SIGKILLed
+    victim_task: str | None = None  # the task it held
+    victim_history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: MetricsReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.counts.get("pending", 0) == 0 and self.counts.get("leased", 0) == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"store": self.store, "workers": self.workers, "tasks": self.tasks, "seconds": self.seconds,
+                "counts": self.counts, "killed_agent": self.killed, "victim_task": self.victim_task,
+                "victim_history": self.victim_history, "ok": self.ok,
+                "metrics": self.metrics.as_dict() if self.metrics is not None else None}
+
+
+def run_demo(*, workers: int, tasks: int, db: str | None, console: Console,
+             live: Console | None = None) -> DemoResult:
+    """The demo; narration on ``console``, progress on ``live`` (None: no progress)."""
     # One agent is killed on purpose: at least one more must be left to drain.
     if isinstance(workers, bool) or not isinstance(workers, int) or not 2 <= workers <= MAX_DEMO_WORKERS:
         raise InvalidArgument(f"workers must be an integer from 2 to {MAX_DEMO_WORKERS} (one is killed)")
@@ -73,26 +104,29 @@ def run_demo(*, workers: int, tasks: int, db: str | None, console: Console) -> i
     if db is None:
         db = str(Path(tempfile.mkdtemp(prefix="leasestore-demo-")) / "orchestrator.db")
     store = LeaseStore(db, retry_policy=RetryPolicy(base=0.2, cap=1.0))
-    console.print(f"[bold]leasestore demo[/] on {store.url.render_as_string(hide_password=True)}")
+    where = store.url.render_as_string(hide_password=True)
+    console.print(Text("leasestore demo", style="bold") + Text(f" on {where}"))
     store.enqueue_many(QUEUE, [{"n": i} for i in range(tasks)], max_attempts=3)
-    console.print(f"enqueued {tasks} tasks; starting {workers} agent processes (lease TTL {LEASE_TTL:g} s)")
+    console.print(f"enqueued {tasks} tasks; starting {workers} agent processes (lease TTL {LEASE_TTL:g} s)",
+                  markup=False)
     procs = {
         f"agent-{i}": subprocess.Popen([sys.executable, "-m", "leasestore.demo", "worker", db, f"agent-{i}", str(i)])
         for i in range(workers)
     }
-    victim_task: str | None = None
+    victim: tuple[str, str] | None = None
     start = time.monotonic()
     try:
-        victim_task = _kill_one_holder(store, procs, console)
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      console=console, transient=True) as progress:
-            bar = progress.add_task("draining", total=tasks)
+        victim = _kill_one_holder(store, procs, console)
+        with progress(live, TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}")) as bar:
+            shown = bar.add_task("draining", total=tasks)
             while time.monotonic() - start < DEADLINE_SECONDS:
                 report = store.recover_stale()
                 if report.recovered or report.dead_lettered:
-                    console.print(f"recover_stale: recovered {report.recovered}, dead-lettered {report.dead_lettered}")
+                    console.print(f"recover_stale: recovered {report.recovered}, dead-lettered {report.dead_lettered}",
+                                  markup=False)
                 counts = _counts(store)
-                progress.update(bar, completed=counts.get("done", 0) + counts.get("dead", 0))
+                bar.update(shown, completed=counts.get("done", 0) + counts.get("dead", 0))
                 if _drained(store) and all(p.poll() is not None for p in procs.values()):
                     break
                 time.sleep(0.2)
@@ -103,27 +137,29 @@ def run_demo(*, workers: int, tasks: int, db: str | None, console: Console) -> i
             proc.wait()
 
     counts = _counts(store)
+    result = DemoResult(where, workers, tasks, round(time.monotonic() - start, 3), counts)
     console.print(f"tasks: {counts.get('done', 0)} done, {counts.get('dead', 0)} dead-lettered, "
                   f"{counts.get('pending', 0)} pending, {counts.get('leased', 0)} leased "
-                  f"in {time.monotonic() - start:.1f} s")
-    if victim_task is not None:
-        history = [e for e in store.events(task_id=victim_task, limit=50)]
-        console.print(f"history of {victim_task}, the task held by the killed agent:")
-        for event in history:
-            console.print(f"  {event['kind']:<16} owner={event['owner'] or '-':<8} fence={event['fencing_token']}")
-    from .cli import print_metrics
-
-    print_metrics(compute_metrics(store, 60))
+                  f"in {result.seconds:.1f} s", markup=False)
+    if victim is not None:
+        result.killed, result.victim_task = victim
+        result.victim_history = store.events(task_id=result.victim_task, limit=50)
+        console.print(f"history of {result.victim_task}, the task held by the killed agent:", markup=False)
+        for event in result.victim_history:
+            console.print(f"  {event['kind']:<16} owner={event['owner'] or '-':<8} fence={event['fencing_token']}",
+                          markup=False)
+    result.metrics = compute_metrics(store, 60)
+    print_metrics(console, result.metrics)
     store.close()
-    ok = counts.get("pending", 0) == 0 and counts.get("leased", 0) == 0
-    return 0 if ok else 1
+    return result
 
 
 def _counts(store: LeaseStore) -> dict[str, int]:
     return {row["status"]: row["count"] for row in store.status_summary()["counts"] if row["queue"] == QUEUE}
 
 
-def _kill_one_holder(store: LeaseStore, procs: dict[str, subprocess.Popen[bytes]], console: Console) -> str | None:
+def _kill_one_holder(store: LeaseStore, procs: dict[str, subprocess.Popen[bytes]],
+                     console: Console) -> tuple[str, str] | None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         for lease in store.status_summary()["leases"]:
@@ -131,9 +167,10 @@ def _kill_one_holder(store: LeaseStore, procs: dict[str, subprocess.Popen[bytes]
             if proc is not None and proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                console.print(f"[bold red]SIGKILL[/] {lease['owner']} while it held task {lease['task_id']} "
-                              f"(fence {lease['fencing_token']}); its lease will expire and be recovered")
-                return str(lease["task_id"])
+                console.print(Text("SIGKILL", style="bold red") + Text(
+                    f" {lease['owner']} while it held task {lease['task_id']} (fence {lease['fencing_token']}); "
+                    "its lease will expire and be recovered"))
+                return str(lease["owner"]), str(lease["task_id"])
         time.sleep(0.05)
     return None
 

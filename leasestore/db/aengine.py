@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from .. import errors
 from .driver import Driver, Step, Tx
 from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line
-from .postgresql import AsyncReadyListener, PostgresDriver, connect_kwargs
+from .postgresql import AsyncReadyHub, PostgresDriver, connect_kwargs
 
 T = TypeVar("T")
 
@@ -49,7 +49,47 @@ class AsyncReadyWaiter(Protocol):
 
     async def wait(self, queue: str, timeout: float) -> bool: ...
 
+    def mark(self, queue: str) -> None:
+        """Note what the waiter has seen, just before it looks."""
+
+    def passed_on(self, queue: str) -> None: ...
+
     async def close(self) -> None: ...
+
+
+class _HubWaiter:
+    """One waiting claim's view of the store's shared :class:`AsyncReadyHub`."""
+
+    notified = True
+
+    def __init__(self, hub: AsyncReadyHub, driver: Driver) -> None:
+        self._hub = hub
+        self._driver = driver
+        self._seen: dict[str, int] = {}
+
+    async def listening(self) -> None:
+        try:
+            await self._hub.listening()
+        except Exception as exc:
+            typed = self._driver.translate_error(exc)
+            raise (typed or errors.StoreUnavailable(f"cannot listen for new tasks: {first_line(exc)}")) from exc
+
+    def mark(self, queue: str) -> None:
+        self._seen[queue] = self._hub.generation(queue)
+
+    async def wait(self, queue: str, timeout: float) -> bool:
+        try:
+            return await self._hub.wait(queue, timeout, self._seen.get(queue, -1))
+        except Exception as exc:
+            typed = self._driver.translate_error(exc)
+            raise (typed or errors.StoreUnavailable(f"cannot listen for new tasks: {first_line(exc)}")) from exc
+
+    def passed_on(self, queue: str) -> None:
+        """This waiter got a task: wake the next, in case more arrived at once."""
+        self._hub.wake(queue)
+
+    async def close(self) -> None:
+        pass
 
 
 class AsyncSleeper:
@@ -60,6 +100,12 @@ class AsyncSleeper:
     async def wait(self, queue: str, timeout: float) -> bool:
         await asyncio.sleep(timeout)
         return False
+
+    def mark(self, queue: str) -> None:
+        pass
+
+    def passed_on(self, queue: str) -> None:
+        pass
 
     async def close(self) -> None:
         pass
@@ -122,6 +168,7 @@ class PostgresAsyncDatabase:
                  pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
         self.driver = db.driver
         self._url = db.url
+        self._hub: AsyncReadyHub | None = None
         conninfo, kwargs = connect_kwargs(db.url)
         self._pool = AsyncConnectionPool(
             conninfo, kwargs={**kwargs, "autocommit": True}, min_size=1, max_size=pool_size,
@@ -179,16 +226,19 @@ class PostgresAsyncDatabase:
         return await self.run(lambda: committed_query(self.driver, sql, params))
 
     async def close(self) -> None:
+        if self._hub is not None:
+            await self._hub.close()
+            self._hub = None
         if self._opened:
             await self._pool.close()
             self._opened = False
 
     async def ready_listener(self) -> AsyncReadyWaiter:
-        try:
-            return await AsyncReadyListener.open(self._url)
-        except Exception as exc:
-            typed = self.driver.translate_error(exc)
-            raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc
+        if self._hub is None:
+            self._hub = AsyncReadyHub(self._url)
+        waiter = _HubWaiter(self._hub, self.driver)
+        await waiter.listening()
+        return waiter
 
 
 async def _close_quietly(conn: AsyncConnection[Any]) -> None:

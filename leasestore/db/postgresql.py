@@ -12,6 +12,8 @@ Time is the server's ``clock_timestamp()``, so hosts with skewed clocks agree.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -393,28 +395,81 @@ class ReadyListener:
         self._conn.close()
 
 
-class AsyncReadyListener:
-    """:class:`ReadyListener` on an asyncio connection."""
+class AsyncReadyHub:
+    """One LISTEN connection for every waiting claim of an asyncio store.
+
+    A notification wakes one waiter of its queue, not all of them (a hundred
+    agents on one loop would otherwise all claim for each new task); a waiter
+    that got a task passes the wake-up on, so a batch of new tasks is drained
+    by as many waiters as it has tasks."""
 
     notified = True
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        self._conn = conn
+    def __init__(self, url: URL) -> None:
+        self._url = url
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiters: dict[str, collections.deque[asyncio.Future[bool]]] = {}
+        self._generation: collections.Counter[str] = collections.Counter()
+        self._opening = asyncio.Lock()
 
-    @classmethod
-    async def open(cls, url: URL) -> AsyncReadyListener:
-        conninfo, kwargs = connect_kwargs(url)
-        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs)
-        await conn.execute(LISTEN_READY)
-        return cls(conn)
+    def generation(self, queue: str) -> int:
+        """How many notifications ``queue`` has had: a waiter notes it before it
+        looks, so one that arrives between its look and its wait is not lost."""
+        return self._generation[queue]
 
-    async def wait(self, queue: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            async for note in self._conn.notifies(timeout=left, stop_after=1):
-                if note.payload == queue:
-                    return True
+    async def listening(self) -> None:
+        """Listen from now on (before the look that a wait will follow)."""
+        await self._ensure_listening()
+
+    async def _ensure_listening(self) -> None:
+        async with self._opening:
+            if self._reader is not None and not self._reader.done():
+                return
+            conninfo, kwargs = connect_kwargs(self._url)
+            self._conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True, **kwargs)
+            await self._conn.execute(LISTEN_READY)
+            self._reader = asyncio.create_task(self._read(self._conn), name="leasestore-ready-listener")
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            async for note in conn.notifies():
+                self._generation[note.payload] += 1
+                self.wake(note.payload)
+        except psycopg.Error:
+            # The connection is gone: wake everyone, so each looks for itself
+            # and the next wait reconnects.
+            for queue in list(self._waiters):
+                while self.wake(queue):
+                    pass
+
+    def wake(self, queue: str) -> bool:
+        """Wake one waiter of ``queue``; False if none was waiting."""
+        waiting = self._waiters.get(queue)
+        while waiting:
+            future = waiting.popleft()
+            if not future.done():
+                future.set_result(True)
+                return True
         return False
 
+    async def wait(self, queue: str, timeout: float, seen: int) -> bool:
+        await self._ensure_listening()
+        if self._generation[queue] != seen:
+            return True
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(queue, collections.deque()).append(future)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if not future.done():
+                future.cancel()
+
     async def close(self) -> None:
-        await self._conn.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
