@@ -24,7 +24,8 @@ import typer
 from rich.progress import SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from . import errors
-from .console import Column, print_metrics, print_rows, progress, progress_console, quiet_console, stderr_console, stdout_console
+from .console import (Column, print_metrics, print_rows, progress, progress_console, quiet_console, stderr_console,
+                      stdout_console)
 from .metrics import DEFAULT_WINDOW_MINUTES, compute_metrics, record_alerts
 from .models import DeadLetterStatus, ReleaseOutcome
 from .settings import not_empty
@@ -228,7 +229,7 @@ def _add(a: RecoveryReport, b: RecoveryReport) -> RecoveryReport:
 @app.command()
 def recover(
     batch_size: Annotated[int, typer.Option(help="Leases per transaction.")] = 100,
-    max_batches: Annotated[int, typer.Option(help="Stop after this many batches (run again for the rest).")] = 100,
+    max_batches: Annotated[int, typer.Option(help="Stop after this many batches (run again for the rest).")] = 10_000,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -240,7 +241,7 @@ def recover(
         raise errors.InvalidArgument("max batches must be an integer from 1 to 1000000")
     totals = RecoveryReport()
     batches = 0
-    more = False
+    more, why = False, ""
     with _open(db) as store, progress(progress_console(), SpinnerColumn(), TextColumn("{task.description}"),
                                       TextColumn("{task.fields[detail]}"), TimeElapsedColumn()) as bar:
         shown = bar.add_task("recovering expired leases", total=None, detail="")
@@ -252,20 +253,24 @@ def recover(
             if report.scanned < batch_size:
                 break
             if batches >= max_batches:
-                more = True
+                more, why = True, f"stopped after {batches} batches of {batch_size}"
+                break
+            if not report.recovered and not report.dead_lettered:
+                # A full batch that changed nothing (rows failed, or other sweepers
+                # took them): the same rows would come back; leave them for later.
+                more, why = True, f"batch {batches} changed none of its {report.scanned} leases"
                 break
     data: dict[str, Any] = {"scanned": totals.scanned, "recovered": totals.recovered,
                             "dead_lettered": totals.dead_lettered, "skipped": totals.skipped,
                             "failed": totals.failed, "failure_ratio": totals.failure_ratio,
-                            "batches": batches, "more_left": more}
+                            "batches": batches, "more_left": more, "stopped_because": why or None}
     if as_json:
         _emit_json(data)
         return
     out.print(" ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items()
-                       if k not in ("batches", "more_left")), markup=False)
+                       if k not in ("batches", "more_left", "stopped_because")), markup=False)
     if more:
-        out.print(f"stopped after {batches} batches of {batch_size}: expired leases may be left; run again "
-                  "or raise --max-batches", markup=False)
+        out.print(f"{why}: expired leases may be left; run again (or raise --max-batches)", markup=False)
 
 
 @app.command()
@@ -398,9 +403,15 @@ def metrics(
         print_metrics(out, report)
 
 
+ONE_CLOCK = "PostgreSQL: one server clock"
+
+
 def _clock_data(backend: str, status: ClockStatus) -> dict[str, Any]:
+    one_clock = status.store_time is None
     return {"backend": backend, "now": status.now, "store_time": status.store_time,
-            "tolerance_seconds": status.tolerance, "behind_seconds": status.behind, "refused": status.refused}
+            "clock": ONE_CLOCK if one_clock else "SQLite: each process writes with its own clock",
+            "tolerance_seconds": None if one_clock else status.tolerance, "behind_seconds": status.behind,
+            "refused": status.refused}
 
 
 @app.command()
@@ -432,19 +443,20 @@ def clock(
         _emit_json(data)
         return
     if one_clock:
-        out.print(f"store time  {_ts(before.now)}  (PostgreSQL: one server clock; writes are never refused "
-                  "for a client's clock)", markup=False)
+        out.print(f"{ONE_CLOCK}: {_ts(before.now)}", markup=False)
+        out.print("every write uses the server's clock, so no client clock is compared and writes are never "
+                  "refused for it", markup=False)
         if reset:
-            out.print("nothing to reset: PostgreSQL: one server clock", markup=False)
+            out.print(f"nothing to reset ({ONE_CLOCK})", markup=False)
         return
-    _print_clock(before, "before the reset" if reset else None)
+    _print_clock(before, "before the reset" if reset else None, advise=not reset)
     if after is not None:
         out.print(f"reset: the store's time was {_ts(before.store_time)}, it is now this process's clock "
                   f"{_ts(after.store_time)}", markup=False)
-        _print_clock(after, "after the reset")
+        _print_clock(after, "after the reset", advise=True)
 
 
-def _print_clock(status: ClockStatus, heading: str | None) -> None:
+def _print_clock(status: ClockStatus, heading: str | None, *, advise: bool) -> None:
     if heading:
         out.print(f"{heading}:", markup=False)
     tolerance = "off" if status.tolerance is None else f"{status.tolerance:g} s"
@@ -454,8 +466,9 @@ def _print_clock(status: ClockStatus, heading: str | None) -> None:
     relation = f"behind by {status.behind:.3f} s" if status.behind > 0 else f"ahead by {ahead:.3f} s"
     out.print(f"this clock is         {relation} (tolerance {tolerance})", markup=False)
     if status.refused:
-        out.print("writes                REFUSED (ClockBehind): this process's clock is behind the store's time; "
-                  "if a clock that ran ahead was fixed, run `leasestore clock --reset`", markup=False)
+        out.print("writes                REFUSED (ClockBehind): this process's clock is behind the store's time"
+                  + ("; if a clock that ran ahead was fixed, run `leasestore clock --reset`" if advise else ""),
+                  markup=False)
     else:
         out.print("writes                accepted", markup=False)
 

@@ -3,10 +3,10 @@
 * Tables never cut an id, a timestamp or an owner: columns marked ``whole`` are
   as wide as their longest value and never fold. When the whole columns do not
   fit the terminal, each row is printed as a block of ``name value`` pairs
-  packed onto lines instead, never splitting a value, so it can be copied.
+  (``name: value``) packed onto lines instead, never splitting a value, so it can be copied.
 * Data is printed as :class:`rich.text.Text`, never read as rich markup.
-* Progress is shown only when stdout and stderr are terminals, on stderr, and
-  erased when done; piped output stays free of it.
+* Progress is shown only when stdout and stderr are interactive terminals, on
+  stderr, and erased when done; piped output stays free of it.
 """
 
 from __future__ import annotations
@@ -46,8 +46,10 @@ def quiet_console() -> Console:
 
 
 def interactive() -> bool:
-    """Whether progress may be shown: stdout and stderr are both terminals."""
-    return stdout_console().is_terminal and stderr_console().is_terminal
+    """Whether progress may be shown: stdout and stderr are both interactive
+    terminals (rich's rules: a TTY, not ``TERM=dumb``; ``TTY_INTERACTIVE=0|1``
+    overrides)."""
+    return stdout_console().is_interactive and stderr_console().is_interactive
 
 
 def progress_console() -> Console | None:
@@ -106,28 +108,36 @@ def print_rows(console: Console, title: str, columns: Sequence[Column], rows: Se
             table.add_row(*row)
         console.print(table)
         return
-    console.print(Text(f"{title}: {len(cells)} rows (too wide for a table at {console.width} columns: "
-                       "one row per block, each value whole)", style="italic"))
+    plural = "" if len(cells) == 1 else "s"
+    console.print(Text(f"{title}: {len(cells)} row{plural}, one block each (a table would not fit in "
+                       f"{console.width} columns)", style="italic"), soft_wrap=False)
     for row in cells:
-        for line in pack_pairs([(c.name, value) for c, value in zip(columns, row)], console.width):
-            console.print(line)
+        for line, may_wrap in pack_pairs([(c.name, value, c.whole) for c, value in zip(columns, row)],
+                                         console.width):
+            # Only free text longer than a line is wrapped by rich; an id never is.
+            console.print(line, soft_wrap=not may_wrap)
 
 
-def pack_pairs(pairs: Sequence[tuple[str, Text]], width: int, indent: int = 2) -> list[Text]:
-    """``name value`` pairs packed onto lines of at most ``width`` cells; a pair
-    is never split (one longer than a line stands alone), later lines are indented."""
-    lines: list[Text] = []
-    line = Text()
-    for name, value in pairs:
-        pair = Text(name, style="dim") + Text(" ") + value
-        gap = Text("  ") if line.plain.strip() else Text()
-        if line.plain.strip() and cell_len(line.plain) + cell_len(gap.plain) + cell_len(pair.plain) > width:
-            lines.append(line)
-            line, gap = Text(" " * indent), Text()
-        line = line + gap + pair
+def pack_pairs(pairs: Sequence[tuple[str, Text, bool]], width: int,
+               indent: int = 2) -> list[tuple[Text, bool]]:
+    """``name: value`` pairs packed onto lines of at most ``width`` cells; a pair
+    is never split across lines by the packing (one longer than a line stands
+    alone), later lines are indented. Each line comes with whether it may be
+    wrapped: only a lone free-text pair longer than the line."""
+    lines: list[tuple[Text, bool]] = []
+    line, alone = Text(), True
+    for name, value, whole in pairs:
+        pair = Text(f"{name}:", style="dim") + Text(" ") + value
+        if line.plain.strip() and cell_len(line.plain) + 2 + cell_len(pair.plain) > width:
+            lines.append((line, alone))
+            line = Text(" " * indent)
+        if line.plain.strip():
+            line, alone = line + Text("  ") + pair, False
+        else:
+            line, alone = line + pair, not whole
     if line.plain.strip():
-        lines.append(line)
-    return lines
+        lines.append((line, alone))
+    return [(text, may_wrap and cell_len(text.plain) > width) for text, may_wrap in lines]
 
 
 def print_metrics(console: Console, report: MetricsReport, *, title: str | None = None) -> None:

@@ -146,8 +146,8 @@ def run_demo(*, workers: int, tasks: int, db: str | None, console: Console,
         result.victim_history = store.events(task_id=result.victim_task, limit=50)
         console.print(f"history of {result.victim_task}, the task held by the killed agent:", markup=False)
         for event in result.victim_history:
-            console.print(f"  {event['kind']:<16} owner={event['owner'] or '-':<8} fence={event['fencing_token']}",
-                          markup=False)
+            fence = event["fencing_token"] if event["fencing_token"] is not None else "-"
+            console.print(f"  {event['kind']:<16} owner={event['owner'] or '-':<8} fence={fence}", markup=False)
     result.metrics = compute_metrics(store, 60)
     print_metrics(console, result.metrics)
     store.close()

@@ -12,9 +12,9 @@ from typing import Any
 
 import gevent
 from locust import events
-from locust.runners import WorkerRunner
+from locust.runners import MasterRunner, WorkerRunner
 
-from loadtest import names
+from loadtest import names, users
 from loadtest.users import DrainAgent, HotTaskAgent, StallingAgent
 
 __all__ = ["DrainAgent", "HotTaskAgent", "StallingAgent"]
@@ -40,6 +40,26 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--agents", type=int, default=1, help="agents the master waits for before it ends the run")
     group.add_argument("--samples-dir", default="", help="where each agent writes its exact latencies")
     group.add_argument("--seed", type=int, default=0, help="seed of the agents' random choices")
+
+
+@events.init.add_listener
+def _start_together(environment: Any, **_kwargs: Any) -> None:
+    """Workers: wait for GO. Master: send GO once every agent said it is ready."""
+    runner = environment.runner
+    if runner is None:
+        return
+    if not isinstance(runner, MasterRunner):
+        runner.register_message(names.GO_MESSAGE, lambda environment, msg, **_kw: users.go.set())
+    if isinstance(runner, WorkerRunner):
+        return
+    ready: set[str] = set()
+
+    def on_ready(environment: Any, msg: Any, **_kw: Any) -> None:
+        ready.add(str(msg.data))
+        if len(ready) == environment.parsed_options.agents:
+            runner.send_message(names.GO_MESSAGE, None)
+
+    runner.register_message(names.READY_MESSAGE, on_ready)
 
 
 @events.init.add_listener

@@ -45,6 +45,10 @@ USER_CLASS = {"drain": "DrainAgent", "hot": "HotTaskAgent", "stall": "StallingAg
 
 # The message a worker's agent sends its master when it has run its iterations.
 DONE_MESSAGE = "leasestore_agent_done"
+# An agent is ready (its store is open); the master answers every worker with
+# GO once all agents are, so they start together.
+READY_MESSAGE = "leasestore_agent_ready"
+GO_MESSAGE = "leasestore_agents_go"
 
 
 def task_id(prefix: str, index: int) -> str:

@@ -6,6 +6,11 @@ carry claim, heartbeat and release latencies. Users are built for one user
 per process (``locust --processes N``): Python's ``sqlite3`` blocks in C, which
 gevent cannot switch away from, so several users in one process would take
 turns instead of contending.
+
+Agents start together: each tells the master it is ready and waits for the
+master's "go", sent once every agent is ready, so the measured window (every
+agent running; see ``loadtest.report``) covers the run rather than the
+processes' start-up skew.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import gevent
+import gevent.event
 from locust import User, constant, task
 
 from leasestore import LeaseStore, LeaseStoreError
@@ -32,6 +38,11 @@ T = TypeVar("T")
 NO_TASK_PAUSE = 0.01
 # How often a stalling agent's iteration also sweeps for expired leases.
 RECOVER_PROBABILITY = 0.1
+# An agent waits at most this long for the master's "go", then starts anyway.
+START_TIMEOUT = 60.0
+
+# Set in each worker process when the master says every agent is ready.
+go = gevent.event.Event()
 
 
 class StoreClient:
@@ -41,28 +52,30 @@ class StoreClient:
         self.store = store
         self._fire = fire
         # Locust's histogram rounds times under 100 ms to whole milliseconds;
-        # store calls take fractions of one, so exact times are kept beside it.
-        self.samples: dict[str, list[float]] = {op: [] for op in names.OPERATIONS}
+        # store calls take fractions of one, so every call is kept beside it
+        # (operation, request name, start epoch seconds, ms, ok), and the runner
+        # measures rates and latencies in its own window from these.
+        self.calls: list[tuple[str, str, float, float, bool]] = []
 
     def _call(self, operation: str, call: Callable[[], T], name_of: Callable[[T], str]) -> T | None:
-        started = time.perf_counter()
+        wall, started = time.time(), time.perf_counter()
         try:
             result = call()
         except LeaseStoreError as exc:
-            self._report(operation, operation, started, exc)
+            self._report(operation, operation, wall, started, exc)
             return None
-        self._report(operation, name_of(result), started, None)
+        self._report(operation, name_of(result), wall, started, None)
         return result
 
-    def _report(self, operation: str, name: str, started: float, exc: BaseException | None) -> None:
+    def _report(self, operation: str, name: str, wall: float, started: float, exc: BaseException | None) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self.samples[operation].append(elapsed_ms)
+        self.calls.append((operation, name, wall, elapsed_ms, exc is None))
         self._fire(request_type=operation, name=name, response_time=elapsed_ms,
                    response_length=0, exception=exc, context={})
 
-    def save_samples(self, folder: str, owner: str) -> None:
-        path = Path(folder) / f"samples-{owner}.json"
-        path.write_text(json.dumps(self.samples, separators=(",", ":")))
+    def save_samples(self, folder: str, agent: str) -> None:
+        path = Path(folder) / f"samples-{agent}.json"
+        path.write_text(json.dumps({"agent": agent, "calls": self.calls}, separators=(",", ":")))
 
     def claim(self, queue: str, owner: str, ttl: float, task_id: str | None = None) -> ClaimResult | None:
         return self._call("claim", lambda: self.store.claim_task(queue, owner, task_id=task_id, ttl=ttl),
@@ -115,9 +128,19 @@ class AgentUser(User):
         self.incarnation = 0
         self.completed = 0
         self.finished = False
+        self.saved = False
+        self.agent = f"agent-{os.getpid()}"
+        self.environment.runner.send_message(names.READY_MESSAGE, self.agent)
+        go.wait(START_TIMEOUT)
 
     def on_stop(self) -> None:
+        self.save()  # a run cut short by --run-time still reports what it measured
         self.client.store.close()
+
+    def save(self) -> None:
+        if self.options.samples_dir and not self.saved:
+            self.client.save_samples(self.options.samples_dir, self.agent)
+            self.saved = True
 
     @property
     def owner(self) -> str:
@@ -132,8 +155,7 @@ class AgentUser(User):
         self.completed += 1
         if self.completed >= self.options.iterations:
             self.finished = True
-            if self.options.samples_dir:
-                self.client.save_samples(self.options.samples_dir, self.owner)
+            self.save()
             self.environment.runner.send_message(names.DONE_MESSAGE, self.owner)
 
     def run_once(self) -> None:

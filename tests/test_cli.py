@@ -111,7 +111,6 @@ def test_dead_letters_and_metrics(db_url: str, capsys: pytest.CaptureFixture[str
         (["claim", "q", "--owner", "a", "--ttl", "-1"], "ttl must be between"),
         (["claim", "q", "--owner", "a", "--ttl", "nan"], "ttl must be between"),
         (["heartbeat", "missing", "--token", "x", "--fence", "1"], "task 'missing' not found"),
-        (["release", "t", "--token", "x", "--fence", "1", "--outcome", "maybe"], "--outcome must be done or failed"),
         (["metrics", "0"], "window must be between"),
         (["dead-letters", "resolve", "99"], "no open dead letter with id 99"),
     ],
