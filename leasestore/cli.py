@@ -122,6 +122,7 @@ def enqueue(
     dedupe_key: Annotated[Optional[str], typer.Option(help="A second enqueue with this key returns the first task.")] = None,
     max_attempts: Annotated[int, typer.Option(help="Attempts before the task is dead-lettered.")] = 3,
     delay: Annotated[float, typer.Option(help="Seconds before the task becomes available.")] = 0.0,
+    priority: Annotated[int, typer.Option(help="Higher priorities are claimed first, then the oldest.")] = 0,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -129,7 +130,7 @@ def enqueue(
     value = _parse_json(payload, "payload")
     with _open(db) as store:
         result = store.enqueue(queue, value, task_id=task_id, dedupe_key=dedupe_key,
-                               max_attempts=max_attempts, delay=delay)
+                               max_attempts=max_attempts, delay=delay, priority=priority)
     if as_json:
         _emit_json({"task_id": result.task_id, "created": result.created})
     else:
@@ -143,6 +144,7 @@ def claim(
     task_id: Annotated[Optional[str], typer.Option("--task-id", help="Claim this task instead of the next one.")] = None,
     ttl: Annotated[float, typer.Option(help="Lease time to live, seconds.")] = DEFAULT_LEASE_TTL,
     additional: Annotated[bool, typer.Option(help="Take another task even if the owner holds one.")] = False,
+    wait: Annotated[Optional[float], typer.Option(help="Wait up to this many seconds for a task to arrive.")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -151,7 +153,7 @@ def claim(
     Exit code 0 when leased or resumed, 3 when busy, 4 when there is no task.
     """
     with _open(db) as store:
-        result = store.claim_task(queue, owner, task_id=task_id, ttl=ttl, additional=additional)
+        result = store.claim_task(queue, owner, task_id=task_id, ttl=ttl, additional=additional, wait=wait)
     lease = result.lease
     data: dict[str, Any] = {"status": result.status.value, "task_id": result.task_id}
     if lease is not None:
@@ -207,18 +209,20 @@ def release(
     fence: FenceOption,
     outcome: Annotated[ReleaseOutcome, typer.Option(help="How the work ended.", case_sensitive=False)] = ReleaseOutcome.DONE,
     error: Annotated[Optional[str], typer.Option(help="Why it failed.")] = None,
+    result: Annotated[Optional[str], typer.Option(help="A done task's result, as JSON (kept with the task).")] = None,
     retry_in: Annotated[Optional[float], typer.Option(help="Seconds before a retry (default: backoff policy).")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Release a lease as done or failed."""
     with _open(db) as store:
-        result = store.release_task(LeaseRef(task_id, token, fence), ReleaseOutcome(outcome), error, retry_in=retry_in)
+        released = store.release_task(LeaseRef(task_id, token, fence), ReleaseOutcome(outcome), error,
+                                      retry_in=retry_in, result=_parse_json(result, "result"))
     if as_json:
-        _emit_json({"task_id": result.task_id, "result": result.result.value, "attempt": result.attempt,
-                    "next_attempt_at": result.next_attempt_at, "dead_letter_id": result.dead_letter_id})
+        _emit_json({"task_id": released.task_id, "result": released.result.value, "attempt": released.attempt,
+                    "next_attempt_at": released.next_attempt_at, "dead_letter_id": released.dead_letter_id})
     else:
-        out.print(f"{result.result.value} {result.task_id} (attempt {result.attempt})", markup=False)
+        out.print(f"{released.result.value} {released.task_id} (attempt {released.attempt})", markup=False)
 
 
 def _add(a: RecoveryReport, b: RecoveryReport) -> RecoveryReport:
