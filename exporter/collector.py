@@ -1,10 +1,13 @@
 """A prometheus-client collector that reads the store at scrape time.
 
 Each scrape runs one read transaction and builds fresh metric families, so
-Prometheus never sees numbers older than the scrape. The seven gauges come
-from :func:`leasestore.metrics.raw_counts`, the same code the CLI's
-``metrics`` command uses. When the database cannot be read the scrape still
-answers: ``leasestore_up`` is 0 and ``leasestore_scrape_errors_total`` rises.
+Prometheus never sees numbers older than the scrape. The seven gauges are the
+values the CLI's ``metrics`` command computes for the same window and "now"
+(one definition, :func:`leasestore.metrics.seven_values`), but counted
+incrementally (:class:`leasestore.metrics.ScrapeCounts`): a scrape reads the
+audit rows added since the previous one, however many the window holds. When
+the database cannot be read the scrape still answers: ``leasestore_up`` is 0
+and ``leasestore_scrape_errors_total`` rises.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -23,9 +26,8 @@ from leasestore import EventKind, LeaseStore, LockOutcome
 from leasestore.db.driver import Step
 from leasestore.metrics import (
     METRICS,
-    AppendOnlyCounter,
+    ScrapeCounts,
     queue_snapshot,
-    raw_counts,
     tasks_by_queue_status,
     validate_window,
 )
@@ -34,20 +36,24 @@ log = logging.getLogger("leasestore.exporter")
 
 
 class StoreCollector(Collector):
-    """Serves the seven health gauges, their thresholds and operator gauges."""
+    """Serves the seven health gauges, their thresholds and operator gauges.
+
+    ``open_store`` opens the store it reads (default: ``LeaseStore(db,
+    init=False)``); tests pass one with a frozen clock.
+    """
 
     def __init__(self, db: str | None, window_minutes: float = 60.0,
-                 env: Mapping[str, str] | None = None) -> None:
+                 env: Mapping[str, str] | None = None,
+                 open_store: Callable[[], LeaseStore] | None = None) -> None:
         self._db = db
+        self._open_store = open_store or (lambda: LeaseStore(self._db, init=False))
         self._window = validate_window(window_minutes)
         # Thresholds are read once: they are the exporter's configuration.
         self._thresholds = {m.key: m.threshold(env) for m in METRICS}
         self._store: LeaseStore | None = None
         self._lock = threading.Lock()  # scrapes may arrive concurrently
         self._errors = 0
-        self._events = AppendOnlyCounter("event_kind")
-        self._transitions = AppendOnlyCounter("event_transition")
-        self._locks = AppendOnlyCounter("lock_outcome")
+        self._counts = ScrapeCounts(self._window)
 
     def describe(self) -> list[Metric]:
         # No describe at registration time: it would read the database.
@@ -93,17 +99,15 @@ class StoreCollector(Collector):
 
     def _read(self) -> list[Metric]:
         if self._store is None:
-            self._store = LeaseStore(self._db, init=False)
+            self._store = self._open_store()
         db = self._store.database
         d = db.driver
 
         def body(now: float) -> Step[tuple[dict[str, float], dict[str, Any], dict[str, int], dict[str, int]]]:
-            tasks = tasks_by_queue_status((yield from self._transitions.read(d, now)))
-            counts = yield from raw_counts(d, now - self._window * 60.0)
+            counts = yield from self._counts.read(d, now)
+            tasks = tasks_by_queue_status(self._counts.transitions)
             queues = yield from queue_snapshot(d, now, tasks)
-            events = _by_first((yield from self._events.read(d, now)))
-            locks = _by_first((yield from self._locks.read(d, now)))
-            return counts, queues, events, locks
+            return counts, queues, self._counts.event_kinds, self._counts.lock_outcomes
 
         counts, queues, events, locks = db.read(body)
         families: list[Metric] = [
@@ -154,10 +158,6 @@ class StoreCollector(Collector):
         for m in METRICS:
             yield _gauge(m.threshold_gauge, f"Alert threshold of {m.gauge} (METRICS_THRESHOLD_{m.threshold_env[0]}).",
                          self._thresholds[m.key])
-
-
-def _by_first(totals: Mapping[tuple[Any, ...], int]) -> dict[str, int]:
-    return {key[0]: count for key, count in totals.items()}
 
 
 def _with_zeros(counts: Mapping[str, int], known: type[StrEnum]) -> dict[str, int]:

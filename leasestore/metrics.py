@@ -268,7 +268,9 @@ def queue_snapshot(d: Driver, now: float, counts: Mapping[str, Mapping[str, int]
 # by row in id order: a scrape reads the rows past the highest id it has read,
 # and the ids it found missing below that (on PostgreSQL a transaction can
 # commit a lower id after a higher one; a missing id is looked for again until
-# SETTLE_SECONDS after it was first missed, then taken to be rolled back). The
+# SETTLE_SECONDS after it was first missed, then taken to be rolled back, and
+# one missing before a row already SETTLE_SECONDS old is not looked for: a
+# transaction is assumed to commit within SETTLE_SECONDS of its insert). The
 # seven's rows are kept in buckets of ``floor(ts / width)``; a window is the
 # sum of the buckets wholly inside it plus the rows of its partial first
 # bucket, counted exactly through the (kind, ts) / (outcome, ts) index. The sum
@@ -340,28 +342,24 @@ class AuditTail:
         if top < self._top:  # not the table that was read before (a restored or new store)
             self._reset()
             fresh = True
+        if fresh:
+            keep_from = math.inf  # no buckets from the new rows: the window is counted afresh below
+        n = self._group_width
         if top > self._top:
-            totals = yield from d.audit_tail_totals(table, self._top, top)
-            buckets = [] if fresh else (yield from d.audit_tail_buckets(table, self._top, top, keep_from, width))
+            rows = yield from d.audit_tail(table, self._top, top, keep_from, width)
             gaps: list[tuple[int, int]] = []
-            if sum(int(row[-1]) for row in totals) != top - self._top:
+            if sum(int(row[-1]) for row in rows) != top - self._top:
                 gaps = yield from d.audit_id_gaps(table, self._top, top, now - SETTLE_SECONDS)
-            for *group, count in totals:
-                self._add_totals(group, int(count))
-            for bucket, *key, count in buckets:
-                if bucket is not None:
-                    self._add_bucket(int(bucket), tuple(key), int(count))
+            for row in rows:
+                self._add_row(row[:n], row[n], row[n + 1:-1], int(row[-1]))
             self._gaps += [(first, last, now + SETTLE_SECONDS) for first, last in gaps]
             self._top = top
 
         if self._gaps:
             found = yield from d.audit_rows_in(table, [(first, last) for first, last, _ in self._gaps],
                                                keep_from, width)
-            n = self._group_width
             for row in found:
-                self._add_totals(row[1:1 + n], 1)
-                if row[1 + n] is not None and not fresh:
-                    self._add_bucket(int(row[1 + n]), tuple(row[2 + n:]), 1)
+                self._add_row(row[1:1 + n], row[1 + n], row[2 + n:], 1)
             self._gaps = _without(self._gaps, sorted(int(row[0]) for row in found), now)
 
         if fresh:
@@ -376,10 +374,12 @@ class AuditTail:
             counts[tuple(key)] = counts.get(tuple(key), 0) + int(count)
         return counts
 
-    def _add_totals(self, group: Sequence[Any], count: int) -> None:
+    def _add_row(self, group: Sequence[Any], bucket: Any, key: Sequence[Any], count: int) -> None:
         for projection, totals in zip(self._projections, self.totals):
-            key = tuple(group[i] for i in projection)
-            totals[key] = totals.get(key, 0) + count
+            total_key = tuple(group[i] for i in projection)
+            totals[total_key] = totals.get(total_key, 0) + count
+        if bucket is not None:
+            self._add_bucket(int(bucket), tuple(key), count)
 
     def _add_bucket(self, bucket: int, key: Key, count: int) -> None:
         if bucket < self._floor:

@@ -501,16 +501,12 @@ class Driver:
         row = yield from self.one(q.AUDIT_TOP_ID[table])
         return int(row[0]) if row is not None else 0
 
-    def audit_tail_totals(self, table: q.AuditTable, after: int, upto: int) -> Step[list[Sequence[Any]]]:
-        """(*totals grouping, count) of the rows with ``after < id <= upto``."""
-        return self.all(q.AUDIT_TAIL_TOTALS[table], {"after": after, "upto": upto})
-
-    def audit_tail_buckets(self, table: q.AuditTable, after: int, upto: int, keep_from: float,
-                           width: float) -> Step[list[Sequence[Any]]]:
-        """(bucket, *metric key, count) of the rows with ``after < id <= upto``; the
-        bucket is None unless the row is one of the seven's with ``ts >= keep_from``."""
-        return self.all(q.AUDIT_TAIL_BUCKETS[table],
-                        {"after": after, "upto": upto, "keep_from": keep_from, "width": width})
+    def audit_tail(self, table: q.AuditTable, after: int, upto: int, keep_from: float,
+                   width: float) -> Step[list[Sequence[Any]]]:
+        """(*totals grouping, bucket or None, *metric key, count) of the rows with
+        ``after < id <= upto``; the bucket is None unless the row is one of the
+        seven's with ``ts >= keep_from``."""
+        return self.all(q.AUDIT_TAIL[table], {"after": after, "upto": upto, "keep_from": keep_from, "width": width})
 
     def audit_id_gaps(self, table: q.AuditTable, after: int, upto: int,
                       cutoff: float) -> Step[list[tuple[int, int]]]:

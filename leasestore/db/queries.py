@@ -323,18 +323,19 @@ AUDIT_TOP_ID: dict[AuditTable, str] = {
     table: f"SELECT id FROM {table} ORDER BY id DESC LIMIT 1" for table in _AUDIT_TABLES
 }
 
-AUDIT_TAIL_TOTALS: dict[AuditTable, str] = {
-    table: f"SELECT {group}, COUNT(*) FROM {table} WHERE id > :after AND id <= :upto GROUP BY {group}"
-    for table, (group, _key, _metric) in _AUDIT_TABLES.items()
-}
+# The rows with ``after < id <= upto`` by the totals grouping, then the bucket
+# (NULL unless one of the seven's rows at or after :keep_from) and the seven's
+# key. The seven's filter is in the CASE, not the WHERE clause: the id range is
+# what gets read, never the window's rows through the (kind, ts) index.
+def _tail(table: str, group: str, key: str, metric: str) -> str:
+    columns = group.split(", ")
+    grouped = ", ".join([*columns, str(len(columns) + 1), *(c for c in key.split(", ") if c not in columns)])
+    return (f"SELECT {group}, CASE WHEN {metric} AND ts >= :keep_from THEN {_BUCKET} END, {key}, COUNT(*) "
+            f"FROM {table} WHERE id > :after AND id <= :upto GROUP BY {grouped}")
 
-# The filter is in the CASE, not the WHERE clause, so that the id range (not
-# the window's rows through the (kind, ts) index) is what gets read; the rows
-# with a NULL bucket are not the seven's.
-AUDIT_TAIL_BUCKETS: dict[AuditTable, str] = {
-    table: (f"SELECT CASE WHEN {metric} AND ts >= :keep_from THEN {_BUCKET} END, {key}, COUNT(*) "
-            f"FROM {table} WHERE id > :after AND id <= :upto GROUP BY 1, {key}")
-    for table, (_group, key, metric) in _AUDIT_TABLES.items()
+
+AUDIT_TAIL: dict[AuditTable, str] = {
+    table: _tail(table, group, key, metric) for table, (group, key, metric) in _AUDIT_TABLES.items()
 }
 
 # The ids missing from ``after < id <= upto``, as (last id before, next id
