@@ -381,13 +381,15 @@ def test_services_check_lists_each_item_and_never_fails(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_makefile_says_what_it_does() -> None:
-    demo = subprocess.run(["make", "-n", "-B", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # Under `make test` this runs inside make: no "Entering directory" lines.
+    make = ["make", "--no-print-directory"]
+    demo = subprocess.run([*make, "-n", "-B", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     steps = demo.splitlines()
     venv = next(i for i, s in enumerate(steps) if "-m venv" in s)
     pip = next(i for i, s in enumerate(steps) if "pip install" in s and "-e" in s)
     assert steps[venv - 1].startswith("echo") and steps[pip - 1].startswith("echo")
     assert any(s.startswith("echo") and "demo" in s for s in steps[pip:])
-    test = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    test = subprocess.run([*make, "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert test.splitlines()[0].startswith("sh scripts/check_services.sh")
     assert re.search(r"pytest -q --durations=\d+", test)
 
