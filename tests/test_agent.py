@@ -11,7 +11,7 @@ real time: no mocks. Each proves one promise of ``store.lease(...)``:
 
 The store-facing steps are small sync/async function pairs and the checks are
 shared, so the ``test_async_*`` twins run the same scenarios natively on
-``leasestore.aio`` under ``asyncio.run`` (each guarded by ``importorskip``).
+``leasestore.aio`` under ``asyncio.run``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from leasestore import NO_BACKOFF, ClaimResult, LeaseLost, LeaseStore
+from leasestore import NO_BACKOFF, ClaimResult, LeaseLost, LeaseStore, aio
 
 QUEUE = "agent-tests"
 OWNER = "agent-7"
@@ -182,7 +182,6 @@ def test_block_outliving_several_ttls_keeps_its_lease(store: LeaseStore, rival: 
 @pytest.mark.slow
 def test_async_block_outliving_several_ttls_keeps_its_lease(db_url: str) -> None:
     """Test 1 on the asyncio face: the heartbeat task runs while the body awaits."""
-    aio = pytest.importorskip("leasestore.aio")
 
     async def scenario(s: Any, other: Any) -> None:
         task_id = await aenqueue(s)
@@ -221,7 +220,6 @@ def test_failed_heartbeat_marks_the_lease_lost(store: LeaseStore, rival: LeaseSt
 @pytest.mark.parametrize("how", END_HOWS)
 def test_async_failed_heartbeat_marks_the_lease_lost(db_url: str, how: str) -> None:
     """Test 2 on the asyncio face (``job.lost`` is an asyncio.Event)."""
-    aio = pytest.importorskip("leasestore.aio")
     ttl = 2.0
 
     async def scenario(s: Any, other: Any) -> None:
@@ -258,7 +256,6 @@ def test_local_deadline_without_heartbeat_ends_the_lease(store: LeaseStore) -> N
 
 def test_async_local_deadline_without_heartbeat_ends_the_lease(db_url: str) -> None:
     """Test 3 on the asyncio face."""
-    aio = pytest.importorskip("leasestore.aio")
 
     async def scenario(s: Any, other: Any) -> None:
         await aenqueue(s)
@@ -305,7 +302,6 @@ def test_exception_in_block_releases_failed_and_propagates(store: LeaseStore) ->
 
 def test_async_exception_in_block_releases_failed_and_propagates(db_url: str) -> None:
     """Test 5 on the asyncio face."""
-    aio = pytest.importorskip("leasestore.aio")
 
     async def scenario(s: Any, other: Any) -> None:
         task_id = await aenqueue(s, max_attempts=2)

@@ -29,6 +29,7 @@ import typer.main
 
 from leasestore import LeaseStore
 from leasestore import cli
+from tests.conftest import require_binary
 from leasestore.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -379,10 +380,9 @@ def test_services_check_lists_each_item_and_never_fails(tmp_path: Path) -> None:
                                         for item in ITEMS)
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_makefile_says_what_it_does() -> None:
     # Under `make test` this runs inside make: no "Entering directory" lines.
-    make = ["make", "--no-print-directory"]
+    make = [require_binary("make"), "--no-print-directory"]
     demo = subprocess.run([*make, "-n", "-B", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     steps = demo.splitlines()
     venv = next(i for i, s in enumerate(steps) if "-m venv" in s)
