@@ -225,11 +225,6 @@ def release(
         out.print(f"{released.result.value} {released.task_id} (attempt {released.attempt})", markup=False)
 
 
-def _add(a: RecoveryReport, b: RecoveryReport) -> RecoveryReport:
-    return RecoveryReport(a.scanned + b.scanned, a.recovered + b.recovered, a.dead_lettered + b.dead_lettered,
-                          a.skipped + b.skipped, a.failed + b.failed)
-
-
 @app.command()
 def recover(
     batch_size: Annotated[int, typer.Option(help="Leases per transaction.")] = 100,
@@ -251,7 +246,7 @@ def recover(
         shown = bar.add_task("recovering expired leases", total=None, detail="")
         while True:
             report = store.recover_stale(batch_size=batch_size, max_batches=1)
-            totals, batches = _add(totals, report), batches + 1
+            totals, batches = totals + report, batches + 1
             bar.update(shown, detail=f"batch {batches}: scanned {totals.scanned}, recovered {totals.recovered}, "
                                      f"dead-lettered {totals.dead_lettered}, failed {totals.failed}")
             if report.scanned < batch_size:

@@ -256,7 +256,7 @@ class LeaseStore(StoreSettings):
         info = self._run(look)
         if reads.finished(info):
             return info
-        raise errors.WaitTimeout(f"task {info.id!r} is {info.status} after waiting {timeout:g} s")
+        raise reads.not_finished(info, timeout)
 
     def lease(self, queue: str, owner: str, *, ttl: float | None = None, task_id: str | None = None,
               additional: bool = False, heartbeat_interval: float | None = None) -> LeaseContext:
@@ -278,7 +278,7 @@ class LeaseStore(StoreSettings):
         totals = RecoveryReport()
         for _ in range(max_batches):
             report: RecoveryReport = self._run(recovery.recover_batch(self._ctx, batch_size=batch_size))
-            totals = recovery.add(totals, report)
+            totals += report
             if report.scanned < batch_size:
                 break
         return recovery.done(totals)

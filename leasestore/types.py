@@ -116,6 +116,12 @@ class RecoveryReport:
     skipped: int = 0
     failed: int = 0
 
+    def __add__(self, other: RecoveryReport) -> RecoveryReport:
+        """Two sweeps' counts together (a sweep runs in batches)."""
+        return RecoveryReport(self.scanned + other.scanned, self.recovered + other.recovered,
+                              self.dead_lettered + other.dead_lettered, self.skipped + other.skipped,
+                              self.failed + other.failed)
+
     @property
     def attempted(self) -> int:
         return self.recovered + self.dead_lettered + self.failed

@@ -19,7 +19,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import errors
 from .driver import Driver, Step, Tx
-from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line
+from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line, unreachable
 from .postgresql import AsyncReadyHub, PostgresDriver, connect_kwargs
 
 T = TypeVar("T")
@@ -71,8 +71,7 @@ class _HubWaiter:
         try:
             await self._hub.listening()
         except Exception as exc:
-            typed = self._driver.translate_error(exc)
-            raise (typed or errors.StoreUnavailable(f"cannot listen for new tasks: {first_line(exc)}")) from exc
+            raise unreachable(self._driver, exc, "listen for new tasks") from exc
 
     def mark(self, queue: str) -> None:
         self._seen[queue] = self._hub.generation(queue)
@@ -81,8 +80,7 @@ class _HubWaiter:
         try:
             return await self._hub.wait(queue, timeout, self._seen.get(queue, -1))
         except Exception as exc:
-            typed = self._driver.translate_error(exc)
-            raise (typed or errors.StoreUnavailable(f"cannot listen for new tasks: {first_line(exc)}")) from exc
+            raise unreachable(self._driver, exc, "listen for new tasks") from exc
 
     def passed_on(self, queue: str) -> None:
         """This waiter got a task: wake the next, in case more arrived at once."""
@@ -198,9 +196,7 @@ class PostgresAsyncDatabase:
                 raise errors.StoreBusy(f"no database connection free: {first_line(exc)}") from exc
             except Exception as exc:
                 run.close()
-                typed = self.driver.translate_error(exc)
-                raise (typed or errors.StoreUnavailable(
-                    f"cannot connect to the database: {first_line(exc)}")) from exc
+                raise unreachable(self.driver, exc, "connect to the database") from exc
             try:
                 result: T = await adrive(run, conn)
                 return result

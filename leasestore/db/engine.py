@@ -164,6 +164,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def unreachable(driver: Driver, exc: Exception, doing: str) -> errors.LeaseStoreError:
+    """The typed error for a failure to reach the database (connecting,
+    listening): the driver's own reading of it, else ``StoreUnavailable``."""
+    return driver.translate_error(exc) or errors.StoreUnavailable(f"cannot {doing}: {first_line(exc)}")
+
+
 class ReadyWaiter(Protocol):
     notified: bool  # whether the server wakes the waiter (else it only sleeps)
 
@@ -236,8 +242,7 @@ class Database:
         try:
             return self.engine.raw_connection()
         except Exception as exc:
-            typed = self.driver.translate_error(exc)
-            raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc
+            raise unreachable(self.driver, exc, "connect to the database") from exc
 
     def ready_listener(self) -> ReadyWaiter:
         """What a claim waits on between looks: woken by the server where it can
@@ -247,8 +252,7 @@ class Database:
         try:
             return ReadyListener(self.url)
         except Exception as exc:
-            typed = self.driver.translate_error(exc)
-            raise (typed or errors.StoreUnavailable(f"cannot connect to the database: {first_line(exc)}")) from exc
+            raise unreachable(self.driver, exc, "connect to the database") from exc
 
     def dispose(self) -> None:
         self.driver.close()

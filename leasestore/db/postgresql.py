@@ -185,6 +185,16 @@ def _first_line(exc: BaseException) -> str:
 # care: it skips locked rows instead of waiting for them.
 
 _CLOCK = f"clock AS (SELECT {CLOCK} AS now)"
+# The audit rows of every task an ``upd`` CTE leased from pending.
+_CLAIMED_AUDIT = """ev AS (
+  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, attempt)
+  SELECT now, id, queue, 'claimed', 'pending', 'leased', owner, fencing_token, attempts FROM upd
+),
+lk AS (
+  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
+  SELECT now, id, queue, owner, 'claim', 'acquired', fencing_token FROM upd
+)"""
+
 _LOCKED_CLOCK = f"""locked AS (SELECT id FROM tasks WHERE id = %(id)s FOR UPDATE),
 clock AS (SELECT {CLOCK} AS now FROM locked)"""
 
@@ -219,14 +229,7 @@ upd AS (
   RETURNING t.id, t.queue, t.owner, t.fencing_token, t.lease_expires_at, t.attempts,
             t.max_attempts, t.payload, t.checkpoint, clock.now AS now
 ),
-ev AS (
-  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, attempt)
-  SELECT now, id, queue, 'claimed', 'pending', 'leased', owner, fencing_token, attempts FROM upd
-),
-lk AS (
-  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
-  SELECT now, id, queue, owner, 'claim', 'acquired', fencing_token FROM upd
-)
+{_CLAIMED_AUDIT}
 SELECT 'claimed', id, queue, owner, fencing_token, lease_expires_at, attempts, max_attempts,
        payload, checkpoint FROM upd
 UNION ALL
@@ -257,14 +260,7 @@ upd AS (
   RETURNING numbered.n, t.id, t.queue, t.owner, t.fencing_token, t.lease_expires_at, t.attempts,
             t.max_attempts, t.payload, t.checkpoint, clock.now AS now
 ),
-ev AS (
-  INSERT INTO event_log (ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, attempt)
-  SELECT now, id, queue, 'claimed', 'pending', 'leased', owner, fencing_token, attempts FROM upd
-),
-lk AS (
-  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token)
-  SELECT now, id, queue, owner, 'claim', 'acquired', fencing_token FROM upd
-)
+{_CLAIMED_AUDIT}
 SELECT n, id, queue, owner, fencing_token, lease_expires_at, attempts, max_attempts, payload, checkpoint FROM upd
 """
 

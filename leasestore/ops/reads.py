@@ -151,3 +151,7 @@ def wait_poll_intervals(timeout: float) -> list[float]:
 
 def finished(info: TaskInfo) -> bool:
     return info.status in FINISHED
+
+
+def not_finished(info: TaskInfo, timeout: float) -> errors.WaitTimeout:
+    return errors.WaitTimeout(f"task {info.id!r} is {info.status} after waiting {timeout:g} s")

@@ -34,11 +34,6 @@ def validate_sweep(batch_size: int, max_batches: int) -> tuple[int, int]:
             validation.positive_int(max_batches, "max_batches", 1_000_000))
 
 
-def add(a: RecoveryReport, b: RecoveryReport) -> RecoveryReport:
-    return RecoveryReport(a.scanned + b.scanned, a.recovered + b.recovered, a.dead_lettered + b.dead_lettered,
-                          a.skipped + b.skipped, a.failed + b.failed)
-
-
 def done(totals: RecoveryReport) -> RecoveryReport:
     if totals.scanned:
         log.info("recover_stale: %s", totals)
