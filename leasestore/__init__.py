@@ -33,6 +33,7 @@ from .aio import AsyncLeaseContext, AsyncLeaseHandle, AsyncLeaseStore
 from .types import (
     ClaimResult,
     ClaimStatus,
+    QueueSettings,
     ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
@@ -48,7 +49,7 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore", "ClaimResult", "ClaimStatus", "ClockBehind", "ClockStatus", "ConfigurationError",
+    "DEFAULT_LEASE_TTL", "NO_BACKOFF", "QueueSettings", "AsyncLeaseContext", "AsyncLeaseHandle", "AsyncLeaseStore", "ClaimResult", "ClaimStatus", "ClockBehind", "ClockStatus", "ConfigurationError",
     "DeadLetterInfo", "DeadLetterNotFound", "DuplicateKey", "EnqueueResult", "EventKind", "HeartbeatResult",
     "InvalidArgument", "InvalidTransition", "Lease", "LeaseContext", "LeaseHandle", "LeaseLost",
     "LeaseRef", "LeaseStore", "LeaseStoreError", "LockOutcome", "RecoveryReport", "ReleaseOutcome",

@@ -29,15 +29,16 @@ from .db.engine import DEFAULT_BUSY_TIMEOUT, Op
 from .db.schema import init_db, schema_version
 from .heartbeat import HandleState, failure_text, interval_for
 from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
-from .ops import claim, enqueue, holder, operator, reads, recovery
+from .ops import claim, enqueue, holder, operator, queues, reads, recovery
 from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS
-from .ops.holder import UNSET
+from .ops.common import UNSET
 from .ops.recovery import DEFAULT_RECOVER_BATCH
 from .retry import RetryPolicy
 from .store import DEFAULT_CLOCK_TOLERANCE, StoreSettings
 from .types import (
     ClaimResult,
     ClaimStatus,
+    QueueSettings,
     ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
@@ -140,21 +141,45 @@ class AsyncLeaseStore(StoreSettings):
 
     # --- enqueue ------------------------------------------------------------
     async def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
-                      max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_key: str | None = None,
-                      delay: float = 0.0, priority: int = 0) -> EnqueueResult:
+                      max_attempts: int | None = None, dedupe_key: str | None = None,
+                      delay: float = 0.0, priority: int = 0,
+                      lock_delay: float | None = None) -> EnqueueResult:
         results = await self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
                                           max_attempts=max_attempts,
                                           dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay,
-                                          priority=priority)
+                                          priority=priority, lock_delay=lock_delay)
         return results[0]
 
     async def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
-                           max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+                           max_attempts: int | None = None,
                            dedupe_keys: Sequence[str | None] | None = None,
-                           delay: float = 0.0, priority: int = 0) -> list[EnqueueResult]:
+                           delay: float = 0.0, priority: int = 0,
+                           lock_delay: float | None = None) -> list[EnqueueResult]:
         return await self._run(enqueue.enqueue_many(self._ctx, queue, payloads, task_ids=task_ids,
                                                     max_attempts=max_attempts, dedupe_keys=dedupe_keys,
-                                                    delay=delay, priority=priority))
+                                                    delay=delay, priority=priority, lock_delay=lock_delay))
+
+    # --- queue settings -----------------------------------------------------------
+    async def set_queue_settings(self, queue: str, *, lock_delay: float | None = UNSET,
+                                 lease_ttl: float | None = UNSET, max_attempts: int | None = UNSET,
+                                 retry_base: float | None = UNSET,
+                                 retry_cap: float | None = UNSET) -> QueueSettings:
+        """Store settings of ``queue``: ``lock_delay`` (seconds after an unreleased
+        lease's expiry before another owner may lease the task), ``lease_ttl`` (of
+        claims that name none), ``max_attempts`` and the retry backoff
+        (``retry_base``, ``retry_cap``). Settings not named are kept; None clears
+        one back to the store's default. Audited as a ``settings_changed`` lock event."""
+        return await self._run(queues.set_queue_settings(self._ctx, queue, {
+            "lock_delay": lock_delay, "lease_ttl": lease_ttl, "max_attempts": max_attempts,
+            "retry_base": retry_base, "retry_cap": retry_cap}))
+
+    async def queue_settings(self, queue: str) -> QueueSettings:
+        """The stored settings of ``queue`` (None where the store's default applies)."""
+        return await self._run(queues.queue_settings(self._ctx, queue))
+
+    async def list_queue_settings(self) -> list[QueueSettings]:
+        """Every queue that has stored settings."""
+        return await self._run(queues.all_queue_settings(self._ctx))
 
     # --- the holder's operations ------------------------------------------------
     async def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
@@ -163,17 +188,17 @@ class AsyncLeaseStore(StoreSettings):
         op = claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl, additional=additional)
         plan = None if wait is None else claim.WaitPlan(queue, task_id, wait)
         result = await self._run(op)
-        if plan is None or result.status is not ClaimStatus.NO_TASK:
+        if plan is None or not claim.keeps_waiting(result):
             return result
         waiter = await self._adb.ready_listener()
         try:
             while True:
                 waiter.mark(plan.queue)
                 result = await self._run(op)
-                if result.status is not ClaimStatus.NO_TASK:
+                if not claim.keeps_waiting(result):
                     waiter.passed_on(plan.queue)
                     return result
-                pause = plan.pause(waiter.notified, await self._run(claim.next_ready_in(self._ctx, plan.queue)))
+                pause = plan.pause(waiter.notified, await self._run(claim.next_ready_in(self._ctx, plan.queue, result)))
                 if pause <= 0:
                     return result
                 await waiter.wait(plan.queue, pause)

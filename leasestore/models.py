@@ -13,7 +13,7 @@ from typing import Optional
 from sqlalchemy import Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class TaskStatus(StrEnum):
@@ -59,6 +59,8 @@ class LockOutcome(StrEnum):
     RECOVER_FAILED = "recover_failed"
     REVOKED = "revoked"
     CLOCK_BEHIND = "clock_behind"  # a write refused: the writer's clock is behind the store's time
+    LOCK_DELAYED = "lock_delayed"  # a claim held back: the task's last lease ended unreleased too recently
+    SETTINGS_CHANGED = "settings_changed"  # an operator changed a queue's settings
 
 
 class LockOp(StrEnum):
@@ -68,6 +70,7 @@ class LockOp(StrEnum):
     RECOVER = "recover"
     REVOKE = "revoke"
     WRITE = "write"  # any write, refused before it started (clock_behind)
+    CONFIGURE = "configure"  # queue settings
 
 
 class DeadLetterStatus(StrEnum):
@@ -128,6 +131,26 @@ class Task(SQLModel, table=True):
     updated_at: float
     priority: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     result: Optional[str] = Field(default=None, sa_column=Column(Text))
+    # Seconds after an unreleased lease's expiry before another owner may lease
+    # the task (fixed at enqueue, from the task or its queue's settings).
+    lock_delay: float = Field(default=0.0, sa_column_kwargs={"server_default": "0"})
+    # The owner of the lease that ended unreleased, while its lock-delay runs:
+    # it alone may lease the task again before ``available_at``.
+    held_for: Optional[str] = Field(default=None, max_length=256)
+
+
+class QueueSetting(SQLModel, table=True):
+    """A queue's stored settings; NULL means the store's own default."""
+
+    __tablename__ = "queue_settings"
+
+    queue: str = Field(primary_key=True, max_length=256)
+    lock_delay: Optional[float] = None
+    lease_ttl: Optional[float] = None
+    max_attempts: Optional[int] = None
+    retry_base: Optional[float] = None
+    retry_cap: Optional[float] = None
+    updated_at: float
 
 
 class EventLog(SQLModel, table=True):

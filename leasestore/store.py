@@ -19,15 +19,16 @@ from .db.driver import Clock
 from .db.engine import DEFAULT_BUSY_TIMEOUT, Database, Op, open_database, sqlite_file_missing
 from .db.schema import init_db, schema_version
 from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
-from .ops import claim, enqueue, holder, operator, reads, recovery
+from .ops import claim, enqueue, holder, operator, queues, reads, recovery
 from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, Context
-from .ops.holder import UNSET
+from .ops.common import UNSET
 from .ops.recovery import DEFAULT_RECOVER_BATCH
 from .retry import RetryPolicy
 from .settings import resolve_database_url
 from .types import (
     ClaimResult,
     ClaimStatus,
+    QueueSettings,
     ClockStatus,
     DeadLetterInfo,
     EnqueueResult,
@@ -163,23 +164,49 @@ class LeaseStore(StoreSettings):
 
     # --- enqueue ------------------------------------------------------------
     def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
-                max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_key: str | None = None,
-                delay: float = 0.0, priority: int = 0) -> EnqueueResult:
+                max_attempts: int | None = None, dedupe_key: str | None = None,
+                delay: float = 0.0, priority: int = 0,
+                lock_delay: float | None = None) -> EnqueueResult:
         """Add a task. A repeated ``dedupe_key`` (or ``task_id``) in the same queue
         returns the existing task with ``created=False`` instead of a second one.
-        Higher ``priority`` tasks are claimed first (then the oldest)."""
+        Higher ``priority`` tasks are claimed first (then the oldest).
+        ``max_attempts`` and ``lock_delay`` default to the queue's settings (see
+        :meth:`set_queue_settings`), else 3 attempts and no lock-delay."""
         return self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
                                  max_attempts=max_attempts,
                                  dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay,
-                                 priority=priority)[0]
+                                 priority=priority, lock_delay=lock_delay)[0]
 
     def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
-                     max_attempts: int = DEFAULT_MAX_ATTEMPTS, dedupe_keys: Sequence[str | None] | None = None,
-                     delay: float = 0.0, priority: int = 0) -> list[EnqueueResult]:
+                     max_attempts: int | None = None, dedupe_keys: Sequence[str | None] | None = None,
+                     delay: float = 0.0, priority: int = 0,
+                     lock_delay: float | None = None) -> list[EnqueueResult]:
         """Add many tasks in one transaction (all or none)."""
         return self._run(enqueue.enqueue_many(
             self._ctx, queue, payloads, task_ids=task_ids, max_attempts=max_attempts,
-            dedupe_keys=dedupe_keys, delay=delay, priority=priority))
+            dedupe_keys=dedupe_keys, delay=delay, priority=priority, lock_delay=lock_delay))
+
+    # --- queue settings -----------------------------------------------------------
+    def set_queue_settings(self, queue: str, *, lock_delay: float | None = UNSET,
+                           lease_ttl: float | None = UNSET, max_attempts: int | None = UNSET,
+                           retry_base: float | None = UNSET,
+                           retry_cap: float | None = UNSET) -> QueueSettings:
+        """Store settings of ``queue``: ``lock_delay`` (seconds after an unreleased
+        lease's expiry before another owner may lease the task), ``lease_ttl`` (of
+        claims that name none), ``max_attempts`` and the retry backoff
+        (``retry_base``, ``retry_cap``). Settings not named are kept; None clears
+        one back to the store's default. Audited as a ``settings_changed`` lock event."""
+        return self._run(queues.set_queue_settings(self._ctx, queue, {
+            "lock_delay": lock_delay, "lease_ttl": lease_ttl, "max_attempts": max_attempts,
+            "retry_base": retry_base, "retry_cap": retry_cap}))
+
+    def queue_settings(self, queue: str) -> QueueSettings:
+        """The stored settings of ``queue`` (None where the store's default applies)."""
+        return self._run(queues.queue_settings(self._ctx, queue))
+
+    def list_queue_settings(self) -> list[QueueSettings]:
+        """Every queue that has stored settings."""
+        return self._run(queues.all_queue_settings(self._ctx))
 
     # --- the holder's operations ------------------------------------------------
     def claim_task(self, queue: str | None = None, owner: str = "", *, task_id: str | None = None,
@@ -201,16 +228,16 @@ class LeaseStore(StoreSettings):
         op = claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl, additional=additional)
         plan = None if wait is None else claim.WaitPlan(queue, task_id, wait)
         result = self._run(op)
-        if plan is None or result.status is not ClaimStatus.NO_TASK:
+        if plan is None or not claim.keeps_waiting(result):
             return result
         waiter = self._db.ready_listener()
         try:
             while True:
                 # Listening now: a task that became ready before is seen by this look.
                 result = self._run(op)
-                if result.status is not ClaimStatus.NO_TASK:
+                if not claim.keeps_waiting(result):
                     return result
-                pause = plan.pause(waiter.notified, self._run(claim.next_ready_in(self._ctx, plan.queue)))
+                pause = plan.pause(waiter.notified, self._run(claim.next_ready_in(self._ctx, plan.queue, result)))
                 if pause <= 0:
                     return result
                 waiter.wait(plan.queue, pause)

@@ -12,6 +12,7 @@ class ClaimStatus(StrEnum):
     RESUMED = "resumed"  # duplicateSuppressed: the owner already held it
     BUSY = "busy"  # someone else holds an unexpired lease
     NO_TASK = "noTask"  # nothing available
+    LOCK_DELAYED = "lockDelayed"  # held back: a lease of the task ended unreleased less than lock_delay ago
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class ClaimResult:
     lease: Lease | None = None
     task_id: str | None = None
     holder: str | None = None  # owner of the lease that made the claim busy
+    held_until: float | None = None  # when a lock-delayed task can be leased by anyone
+
+    @property
+    def lock_delayed(self) -> bool:
+        return self.status is ClaimStatus.LOCK_DELAYED
 
     @property
     def acquired(self) -> bool:
@@ -152,6 +158,22 @@ class ClockStatus:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """A queue's stored settings; None is the store's own default. Enqueue reads
+    ``lock_delay`` and ``max_attempts`` in its own transaction; claims and
+    releases read ``lease_ttl`` and the retry backoff through a cache at most
+    ``QUEUE_SETTINGS_MAX_AGE`` seconds old."""
+
+    queue: str
+    lock_delay: float | None = None
+    lease_ttl: float | None = None
+    max_attempts: int | None = None
+    retry_base: float | None = None
+    retry_cap: float | None = None
+    updated_at: float | None = None
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     id: str
     queue: str
@@ -170,6 +192,8 @@ class TaskInfo:
     updated_at: float
     priority: int = 0
     result: Any = None  # what a done release stored
+    lock_delay: float = 0.0
+    held_for: str | None = None  # while a lock-delay runs (until available_at), the one owner that may lease it
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,10 @@ def fencing_token(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_FENCING_TOKEN:
         raise InvalidArgument(f"fencing token must be an integer between 1 and {MAX_FENCING_TOKEN}")
     return value
+
+
+MAX_LOCK_DELAY = 24 * 3600.0
+
+
+def lock_delay(value: Any) -> float:
+    return seconds(value, "lock_delay", 0.0, MAX_LOCK_DELAY)

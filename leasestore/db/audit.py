@@ -8,7 +8,7 @@ import functools
 
 from ..models import EventKind, LockOp, LockOutcome, TaskStatus
 from .driver import Event, LockEvent, ReleaseParams, dumps
-from .rows import CandidateRow, ExpiredRow, ExtendRow, LeaseRow, ReleaseRow
+from .rows import CandidateRow, ExpiredRow, ExtendRow, HeldBackRow, LeaseRow, ReleaseRow
 
 # The event that ended a lease, as a refused holder is told it.
 END_REASONS = {
@@ -35,7 +35,19 @@ def taken_over(lease: LeaseRow, previous: CandidateRow) -> Event:
     return Event(lease.task_id, lease.queue, EventKind.TAKEN_OVER, TaskStatus.LEASED, TaskStatus.LEASED,
                  owner=lease.owner, fence=lease.fencing_token, attempt=lease.attempt, reason="lease_expired",
                  detail={"previous_owner": previous.owner, "previous_fencing_token": previous.fencing_token,
-                         "previous_expires_at": previous.expires_at})
+                         "previous_expires_at": previous.expires_at,
+                         **lock_delay_detail(previous.expires_at, previous.lock_delay)})
+
+
+def lock_delayed(held: HeldBackRow, queue: str, claimer: str) -> LockEvent:
+    return LockEvent(held.task_id, queue, claimer, LockOp.CLAIM, LockOutcome.LOCK_DELAYED, held.fencing_token,
+                     detail={"held_until": held.held_until})
+
+
+def lock_delay_detail(expires_at: float, lock_delay: float) -> dict[str, float]:
+    """What an event that ends a lease unreleased says of the delay it starts
+    (the history check reads these keys)."""
+    return {"lock_delay": lock_delay, "held_until": expires_at + lock_delay} if lock_delay > 0 else {}
 
 
 def claim_outcome(lease: LeaseRow, outcome: LockOutcome) -> LockEvent:
@@ -87,7 +99,8 @@ def conflict(task_id: str, queue: str, holder: str | None, op: LockOp, fence: in
 
 def recovered(row: ExpiredRow) -> Event:
     return Event(row.task_id, row.queue, EventKind.RECOVERED, TaskStatus.LEASED, TaskStatus.PENDING,
-                 owner=row.owner, fence=row.fencing_token, attempt=row.attempts, reason="lease_expired")
+                 owner=row.owner, fence=row.fencing_token, attempt=row.attempts, reason="lease_expired",
+                 detail=lock_delay_detail(row.expires_at, row.lock_delay) or None)
 
 
 def expired_dead_letter(task_id: str, queue: str, holder: str | None, fence: int, attempts: int,
@@ -104,3 +117,7 @@ def clock_behind(now: float, high_water: float) -> LockEvent:
 def lock_outcome(task_id: str, queue: str, holder: str | None, op: LockOp, outcome: LockOutcome,
                  fence: int, detail: dict[str, object] | None = None) -> LockEvent:
     return LockEvent(task_id, queue, holder, op, outcome, fence, detail)
+
+
+def settings_changed(queue: str, changes: dict[str, object]) -> LockEvent:
+    return LockEvent(None, queue, None, LockOp.CONFIGURE, LockOutcome.SETTINGS_CHANGED, None, detail=changes)

@@ -30,9 +30,11 @@ from .rows import (
     EventRow,
     ExpiredRow,
     ExtendRow,
+    HeldBackRow,
     LeaseRow,
     LeaseStateRow,
     PendingRow,
+    QueueSettingsRow,
     ReleaseRow,
     TaskRow,
 )
@@ -131,6 +133,7 @@ class ClaimNextKind(enum.Enum):
     ACQUIRED = "acquired"  # a pending task was leased (events written)
     MINE = "mine"  # the owner already holds a lease in the queue: nothing written
     EXPIRED = "expired"  # none ready, but an expired lease may be taken over: nothing written
+    HELD = "held"  # none ready for this owner, one held back by its lock-delay: the lock_delayed row written
     NONE = "none"  # nothing to claim: nothing written
 
 
@@ -294,11 +297,11 @@ class Driver:
         yield self.stmt(q.INSERT_LOCK_EVENT, event.params(now))
 
     # --- enqueue --------------------------------------------------------------
-    def insert_task(self, now: float, task_id: str, queue: str, payload: str | None,
-                    max_attempts: int, delay: float, dedupe_key: str | None, priority: int = 0) -> Step[None]:
+    def insert_task(self, now: float, task_id: str, queue: str, payload: str | None, max_attempts: int,
+                    delay: float, dedupe_key: str | None, priority: int, lock_delay: float) -> Step[None]:
         yield self.stmt(q.INSERT_TASK, {"id": task_id, "queue": queue, "payload": payload,
                                         "max_attempts": max_attempts, "now": now, "delay": delay,
-                                        "dedupe_key": dedupe_key, "priority": priority})
+                                        "dedupe_key": dedupe_key, "priority": priority, "lock_delay": lock_delay})
 
     def task_by_dedupe_key(self, queue: str, dedupe_key: str) -> Step[TaskRow | None]:
         row = yield from self.one(q.SELECT_BY_DEDUPE, {"queue": queue, "dedupe_key": dedupe_key})
@@ -313,7 +316,9 @@ class Driver:
         """The common claim, in as few round trips as the backend allows: the
         owner's own lease is reported (``MINE``), else the next ready pending task
         is leased with its audit rows, else ``EXPIRED`` when an expired lease could
-        be taken over (the caller's full path does that), else ``NONE``."""
+        be taken over (the caller's full path does that), else ``HELD`` when a task
+        is held back from this owner by its lock-delay (the ``lock_delayed`` row
+        written), else ``NONE``."""
         raise NotImplementedError
 
     def claim_many(self, p: ClaimParams, token_hashes: Sequence[str]) -> Step[list[tuple[int, LeaseRow]]]:
@@ -329,15 +334,22 @@ class Driver:
         row = yield self.stmt(q.SELECT_OWN_LEASE, {"owner": owner, "queue": queue, "now": now}, Fetch.ONE)
         return str(row[0]) if row is not None else None
 
-    def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
-        """The next ready task, locked against other claimers."""
-        row = yield self.stmt(q.SELECT_NEXT_PENDING, {"queue": queue, "now": now, "limit": 1}, Fetch.ONE)
+    def next_pending(self, queue: str, owner: str, now: float) -> Step[PendingRow | None]:
+        """The next task ready for ``owner``, locked against other claimers."""
+        row = yield self.stmt(q.SELECT_NEXT_PENDING, {"queue": queue, "owner": owner, "now": now, "limit": 1},
+                              Fetch.ONE)
         return PendingRow.from_row(row) if row is not None else None
 
-    def expired_candidate(self, queue: str, now: float) -> Step[CandidateRow | None]:
-        """An expired lease below its retry limit, locked against other claimers."""
-        row = yield from self.one(q.SELECT_EXPIRED_CANDIDATE, {"queue": queue, "now": now})
+    def expired_candidate(self, queue: str, owner: str, now: float) -> Step[CandidateRow | None]:
+        """An expired lease below its retry limit whose lock-delay is over (or
+        ``owner``'s own), locked against other claimers."""
+        row = yield from self.one(q.SELECT_EXPIRED_CANDIDATE, {"queue": queue, "owner": owner, "now": now})
         return CandidateRow.from_row(row) if row is not None else None
+
+    def held_back(self, queue: str, owner: str, now: float) -> Step[HeldBackRow | None]:
+        """A task ``owner`` would lease but for its lock-delay."""
+        row = yield from self.one(q.SELECT_HELD_BACK, {"queue": queue, "owner": owner, "now": now})
+        return HeldBackRow.from_row(row) if row is not None else None
 
     def task_for_update(self, task_id: str) -> Step[TaskRow | None]:
         """The task's row, locked until the transaction ends."""
@@ -366,10 +378,10 @@ class Driver:
         (then nothing was written)."""
         raise NotImplementedError
 
-    def attempts(self, task_id: str) -> Step[tuple[int, int] | None]:
-        """(attempts, max_attempts) of a task, read without a lock."""
+    def attempts(self, task_id: str) -> Step[tuple[int, int, str] | None]:
+        """(attempts, max_attempts, queue) of a task, read without a lock."""
         row = yield from self.one(q.SELECT_ATTEMPTS, {"id": task_id})
-        return (int(row[0]), int(row[1])) if row is not None else None
+        return (int(row[0]), int(row[1]), str(row[2])) if row is not None else None
 
     def lease_state(self, task_id: str) -> Step[LeaseStateRow | None]:
         row = yield from self.one(q.SELECT_LEASE_STATE, {"id": task_id})
@@ -386,8 +398,11 @@ class Driver:
         return [ExpiredRow.from_row(r) for r in rows]
 
     def end_lease(self, now: float, task_id: str, fence: int, to_status: str, error: str | None) -> Step[bool]:
+        """End a lease without its token; back to pending, it starts the task's
+        lock-delay (see ``END_LEASE``)."""
         changed = yield from self.count(q.END_LEASE, {"id": task_id, "fence": fence, "to_status": to_status,
-                                                      "available_at": now, "error": error, "now": now})
+                                                      "holds": to_status == "pending", "error": error,
+                                                      "now": now})
         return changed == 1
 
     # --- dead letters ------------------------------------------------------------
@@ -413,6 +428,21 @@ class Driver:
     def close_dead_letter(self, now: float, dead_letter_id: int, status: str, note: str | None) -> Step[None]:
         yield self.stmt(q.CLOSE_DEAD_LETTER, {"dead_letter_id": dead_letter_id, "now": now,
                                               "status": status, "note": note})
+
+    # --- queue settings -----------------------------------------------------------
+    def queue_settings(self, queue: str) -> Step[QueueSettingsRow | None]:
+        row = yield from self.one(q.SELECT_QUEUE_SETTINGS, {"queue": queue})
+        return QueueSettingsRow.from_row(row) if row is not None else None
+
+    def all_queue_settings(self) -> Step[list[QueueSettingsRow]]:
+        rows = yield from self.all(q.SELECT_ALL_QUEUE_SETTINGS)
+        return [QueueSettingsRow.from_row(r) for r in rows]
+
+    def store_queue_settings(self, row: QueueSettingsRow) -> Step[None]:
+        yield self.stmt(q.UPSERT_QUEUE_SETTINGS, {"queue": row.queue, "lock_delay": row.lock_delay,
+                                                  "lease_ttl": row.lease_ttl, "max_attempts": row.max_attempts,
+                                                  "retry_base": row.retry_base, "retry_cap": row.retry_cap,
+                                                  "now": row.updated_at})
 
     # --- reads ------------------------------------------------------------------
     def tasks(self, queue: str | None, status: str | None, limit: int) -> Step[list[TaskRow]]:

@@ -86,12 +86,12 @@ class PostgresDriver(Driver):
         row = yield Stmt(NOW, self.clock.params(), Fetch.ONE)
         return float(row[0])
 
-    def next_pending(self, queue: str, now: float) -> Step[PendingRow | None]:
-        row = yield Stmt(SELECT_NEXT_PENDING, {"queue": queue, "now": now, "limit": 1}, Fetch.ONE)
+    def next_pending(self, queue: str, owner: str, now: float) -> Step[PendingRow | None]:
+        row = yield Stmt(SELECT_NEXT_PENDING, {"queue": queue, "owner": owner, "now": now, "limit": 1}, Fetch.ONE)
         return PendingRow.from_row(row) if row is not None else None
 
-    def expired_candidate(self, queue: str, now: float) -> Step[CandidateRow | None]:
-        row = yield Stmt(SELECT_EXPIRED_CANDIDATE, {"queue": queue, "now": now}, Fetch.ONE)
+    def expired_candidate(self, queue: str, owner: str, now: float) -> Step[CandidateRow | None]:
+        row = yield Stmt(SELECT_EXPIRED_CANDIDATE, {"queue": queue, "owner": owner, "now": now}, Fetch.ONE)
         return CandidateRow.from_row(row) if row is not None else None
 
     def task_for_update(self, task_id: str) -> Step[TaskRow | None]:
@@ -195,6 +195,9 @@ lk AS (
   SELECT now, id, queue, owner, 'claim', 'acquired', fencing_token FROM upd
 )"""
 
+# SELECT_HELD_BACK reading the claim's clock.
+_HELD_BACK = q.to_pyformat(q.SELECT_HELD_BACK).replace("%(now)s", "clock.now")
+
 _LOCKED_CLOCK = f"""locked AS (SELECT id FROM tasks WHERE id = %(id)s FOR UPDATE),
 clock AS (SELECT {CLOCK} AS now FROM locked)"""
 
@@ -208,7 +211,8 @@ mine AS (
 ),
 picked AS (
   SELECT t.id FROM tasks t, clock
-  WHERE t.queue = %(queue)s AND t.status = 'pending' AND t.available_at <= clock.now
+  WHERE t.queue = %(queue)s AND t.status = 'pending'
+    AND (t.available_at <= clock.now OR t.held_for = %(owner)s)
     AND NOT EXISTS (SELECT 1 FROM mine)
   ORDER BY t.priority DESC, t.available_at, t.created_at LIMIT 1
   FOR UPDATE OF t SKIP LOCKED
@@ -216,14 +220,28 @@ picked AS (
 expired AS (
   SELECT t.id FROM tasks t, clock
   WHERE t.queue = %(queue)s AND t.status = 'leased' AND t.lease_expires_at <= clock.now
+    AND (t.lease_expires_at + t.lock_delay <= clock.now OR t.owner = %(owner)s)
     AND t.attempts < t.max_attempts
     AND NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM picked)
   ORDER BY t.lease_expires_at LIMIT 1
 ),
+held AS (
+  SELECT h.id, h.fencing_token, h.held_until FROM clock,
+    LATERAL ({_HELD_BACK}) h
+  WHERE NOT EXISTS (SELECT 1 FROM mine) AND NOT EXISTS (SELECT 1 FROM picked)
+    AND NOT EXISTS (SELECT 1 FROM expired)
+),
+held_lk AS (
+  INSERT INTO lock_events (ts, task_id, queue, owner, op, outcome, fencing_token, detail)
+  SELECT clock.now, held.id, %(queue)s, %(owner)s, 'claim', 'lock_delayed', held.fencing_token,
+         '{{"held_until":' || held.held_until::text || '}}'
+  FROM held, clock
+),
 upd AS (
   UPDATE tasks t SET status = 'leased', owner = %(owner)s, lease_token_hash = %(token_hash)s,
          fencing_token = t.fencing_token + 1, attempts = t.attempts + 1,
-         lease_expires_at = clock.now + %(ttl)s, leased_at = clock.now, updated_at = clock.now
+         lease_expires_at = clock.now + %(ttl)s, leased_at = clock.now, updated_at = clock.now,
+         held_for = NULL
   FROM picked, clock
   WHERE t.id = picked.id AND t.status = 'pending'
   RETURNING t.id, t.queue, t.owner, t.fencing_token, t.lease_expires_at, t.attempts,
@@ -236,6 +254,8 @@ UNION ALL
 SELECT 'mine', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM mine
 UNION ALL
 SELECT 'expired', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM expired
+UNION ALL
+SELECT 'held', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM held
 """
 
 # Up to %(limit)s ready tasks leased at once, the n-th with the n-th token hash.
@@ -243,7 +263,8 @@ CLAIM_MANY = f"""
 WITH {_CLOCK},
 picked AS (
   SELECT t.id, t.priority, t.available_at, t.created_at FROM tasks t, clock
-  WHERE t.queue = %(queue)s AND t.status = 'pending' AND t.available_at <= clock.now
+  WHERE t.queue = %(queue)s AND t.status = 'pending'
+    AND (t.available_at <= clock.now OR t.held_for = %(owner)s)
   ORDER BY t.priority DESC, t.available_at, t.created_at LIMIT %(limit)s
   FOR UPDATE OF t SKIP LOCKED
 ),
@@ -254,7 +275,8 @@ upd AS (
   UPDATE tasks t SET status = 'leased', owner = %(owner)s,
          lease_token_hash = (%(hashes)s::text[])[numbered.n],
          fencing_token = t.fencing_token + 1, attempts = t.attempts + 1,
-         lease_expires_at = clock.now + %(ttl)s, leased_at = clock.now, updated_at = clock.now
+         lease_expires_at = clock.now + %(ttl)s, leased_at = clock.now, updated_at = clock.now,
+         held_for = NULL
   FROM numbered, clock
   WHERE t.id = numbered.id AND t.status = 'pending'
   RETURNING numbered.n, t.id, t.queue, t.owner, t.fencing_token, t.lease_expires_at, t.attempts,

@@ -31,7 +31,8 @@ LEASE_COLUMNS = (
 
 TASK_COLUMNS = (
     "id, queue, status, attempts, max_attempts, owner, fencing_token, lease_expires_at, "
-    "available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at, priority, result"
+    "available_at, payload, checkpoint, last_error, dedupe_key, created_at, updated_at, priority, result, "
+    "lock_delay, held_for"
 )
 
 EVENT_COLUMNS = ("id, ts, task_id, queue, kind, from_status, to_status, owner, fencing_token, "
@@ -43,9 +44,9 @@ DEAD_LETTER_COLUMNS = "id, task_id, queue, reason, attempts, last_error, status,
 
 INSERT_TASK = """
 INSERT INTO tasks (id, queue, payload, status, attempts, max_attempts, fencing_token,
-                   available_at, dedupe_key, created_at, updated_at, priority)
+                   available_at, dedupe_key, created_at, updated_at, priority, lock_delay)
 VALUES (:id, :queue, :payload, 'pending', 0, :max_attempts, 0,
-        :now + :delay, :dedupe_key, :now, :now, :priority)
+        :now + :delay, :dedupe_key, :now, :now, :priority, :lock_delay)
 """
 
 SELECT_BY_DEDUPE = f"SELECT {TASK_COLUMNS} FROM tasks WHERE queue = :queue AND dedupe_key = :dedupe_key"
@@ -60,18 +61,34 @@ WHERE owner = :owner AND queue = :queue AND status = 'leased' AND lease_expires_
 ORDER BY leased_at LIMIT 1
 """
 
-# Higher priority first, then the oldest ready task (index ix_tasks_ready).
+# Higher priority first, then the oldest ready task (index ix_tasks_ready). A
+# task whose lock-delay runs is ready only for the owner it is held for.
 SELECT_NEXT_PENDING = """
 SELECT id, fencing_token FROM tasks
-WHERE queue = :queue AND status = 'pending' AND available_at <= :now
+WHERE queue = :queue AND status = 'pending' AND (available_at <= :now OR held_for = :owner)
 ORDER BY priority DESC, available_at, created_at LIMIT :limit
 """
 
 SELECT_EXPIRED_CANDIDATE = """
-SELECT id, owner, fencing_token, lease_expires_at FROM tasks
+SELECT id, owner, fencing_token, lease_expires_at, lock_delay FROM tasks
 WHERE queue = :queue AND status = 'leased' AND lease_expires_at <= :now
+  AND (lease_expires_at + lock_delay <= :now OR owner = :owner)
   AND attempts < max_attempts
 ORDER BY lease_expires_at LIMIT 1
+"""
+
+# A task another owner's claim would have had but for its lock-delay, and when
+# the delay ends: pending after an unreleased lease ended, or leased and expired
+# but still inside the delay.
+SELECT_HELD_BACK = """
+SELECT id, fencing_token,
+       CASE WHEN status = 'pending' THEN available_at ELSE lease_expires_at + lock_delay END AS held_until
+FROM tasks
+WHERE queue = :queue AND (
+    (status = 'pending' AND held_for IS NOT NULL AND held_for <> :owner AND available_at > :now)
+ OR (status = 'leased' AND lease_expires_at <= :now AND lease_expires_at + lock_delay > :now
+     AND owner <> :owner AND attempts < max_attempts))
+LIMIT 1
 """
 
 # The same owner claiming again gets its lease back with a fresh secret: the
@@ -88,7 +105,7 @@ RETURNING {LEASE_COLUMNS}
 ACQUIRE = f"""
 UPDATE tasks SET status = 'leased', owner = :owner, lease_token_hash = :token_hash,
        fencing_token = fencing_token + 1, attempts = attempts + 1,
-       lease_expires_at = :now + :ttl, leased_at = :now, updated_at = :now
+       lease_expires_at = :now + :ttl, leased_at = :now, updated_at = :now, held_for = NULL
 WHERE id = :id AND fencing_token = :fence AND status = :from_status
 RETURNING {LEASE_COLUMNS}
 """
@@ -118,7 +135,7 @@ WHERE id = :id AND lease_token_hash = :token_hash AND fencing_token = :fence
 RETURNING queue, owner, available_at
 """
 
-SELECT_ATTEMPTS = "SELECT attempts, max_attempts FROM tasks WHERE id = :id"
+SELECT_ATTEMPTS = "SELECT attempts, max_attempts, queue FROM tasks WHERE id = :id"
 
 SELECT_LEASE_STATE = """
 SELECT queue, status, fencing_token, lease_token_hash, lease_expires_at, owner
@@ -135,15 +152,21 @@ ORDER BY id LIMIT 1
 # --- ending leases without their token: recovery and operators ------------------------
 
 SELECT_EXPIRED_BATCH = """
-SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at FROM tasks
+SELECT id, queue, owner, fencing_token, attempts, max_attempts, lease_expires_at, lock_delay FROM tasks
 WHERE status = 'leased' AND lease_expires_at <= :now
 ORDER BY lease_expires_at LIMIT :limit
 """
 
+# A lease that ends unreleased back to pending starts the task's lock-delay:
+# until ``lease_expires_at + lock_delay`` only its owner may lease it again.
+# (SET reads the row as it was, so ``owner`` is the ended lease's.)
 END_LEASE = """
 UPDATE tasks SET status = :to_status, owner = NULL, lease_token_hash = NULL,
-       lease_expires_at = NULL, available_at = :available_at, last_error = :error,
-       updated_at = :now
+       lease_expires_at = NULL, last_error = :error, updated_at = :now,
+       available_at = CASE WHEN :holds AND lock_delay > 0 AND lease_expires_at + lock_delay > :now
+                           THEN lease_expires_at + lock_delay ELSE :now END,
+       held_for = CASE WHEN :holds AND lock_delay > 0 AND lease_expires_at + lock_delay > :now
+                       THEN owner END
 WHERE id = :id AND fencing_token = :fence AND status = 'leased'
 """
 
@@ -184,8 +207,24 @@ WHERE id = :dead_letter_id AND status = 'open'
 
 REQUEUE_TASK = """
 UPDATE tasks SET status = 'pending', attempts = 0, available_at = :now, updated_at = :now,
-       last_error = NULL
+       last_error = NULL, held_for = NULL
 WHERE id = :id AND status = 'dead'
+"""
+
+# --- queue settings -----------------------------------------------------------------
+
+QUEUE_SETTINGS_COLUMNS = "queue, lock_delay, lease_ttl, max_attempts, retry_base, retry_cap, updated_at"
+
+SELECT_QUEUE_SETTINGS = f"SELECT {QUEUE_SETTINGS_COLUMNS} FROM queue_settings WHERE queue = :queue"
+
+SELECT_ALL_QUEUE_SETTINGS = f"SELECT {QUEUE_SETTINGS_COLUMNS} FROM queue_settings ORDER BY queue"
+
+UPSERT_QUEUE_SETTINGS = """
+INSERT INTO queue_settings (queue, lock_delay, lease_ttl, max_attempts, retry_base, retry_cap, updated_at)
+VALUES (:queue, :lock_delay, :lease_ttl, :max_attempts, :retry_base, :retry_cap, :now)
+ON CONFLICT (queue) DO UPDATE SET lock_delay = excluded.lock_delay, lease_ttl = excluded.lease_ttl,
+    max_attempts = excluded.max_attempts, retry_base = excluded.retry_base,
+    retry_cap = excluded.retry_cap, updated_at = excluded.updated_at
 """
 
 # --- reads ----------------------------------------------------------------------------------
@@ -383,6 +422,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE tasks ADD COLUMN result TEXT",
         "DROP INDEX IF EXISTS ix_tasks_pending",
+    ),
+    3: (
+        "ALTER TABLE tasks ADD COLUMN lock_delay DOUBLE PRECISION NOT NULL DEFAULT 0",
+        "ALTER TABLE tasks ADD COLUMN held_for VARCHAR(256)",
     ),
 }
 

@@ -52,11 +52,14 @@ class TaskRow(NamedTuple):
     updated_at: float
     priority: int
     result: str | None
+    lock_delay: float
+    held_for: str | None  # the owner a running lock-delay holds the task for
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> TaskRow:
         return cls(str(r[0]), str(r[1]), str(r[2]), int(r[3]), int(r[4]), r[5], int(r[6]), _float(r[7]),
-                   float(r[8]), r[9], r[10], r[11], r[12], float(r[13]), float(r[14]), int(r[15]), r[16])
+                   float(r[8]), r[9], r[10], r[11], r[12], float(r[13]), float(r[14]), int(r[15]), r[16],
+                   float(r[17]), r[18])
 
 
 class PendingRow(NamedTuple):
@@ -77,10 +80,11 @@ class CandidateRow(NamedTuple):
     owner: str | None
     fencing_token: int
     expires_at: float
+    lock_delay: float = 0.0
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> CandidateRow:
-        return cls(str(r[0]), r[1], int(r[2]), float(r[3]))
+        return cls(str(r[0]), r[1], int(r[2]), float(r[3]), float(r[4]))
 
 
 class ExpiredRow(NamedTuple):
@@ -93,10 +97,40 @@ class ExpiredRow(NamedTuple):
     attempts: int
     max_attempts: int
     expires_at: float
+    lock_delay: float
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> ExpiredRow:
-        return cls(str(r[0]), str(r[1]), r[2], int(r[3]), int(r[4]), int(r[5]), float(r[6]))
+        return cls(str(r[0]), str(r[1]), r[2], int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]))
+
+
+class HeldBackRow(NamedTuple):
+    """``SELECT_HELD_BACK``: a task a claim would have had but for its lock-delay."""
+
+    task_id: str
+    fencing_token: int
+    held_until: float
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> HeldBackRow:
+        return cls(str(r[0]), int(r[1]), float(r[2]))
+
+
+class QueueSettingsRow(NamedTuple):
+    """``QUEUE_SETTINGS_COLUMNS``: NULL is the store's default."""
+
+    queue: str
+    lock_delay: float | None
+    lease_ttl: float | None
+    max_attempts: int | None
+    retry_base: float | None
+    retry_cap: float | None
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> QueueSettingsRow:
+        return cls(str(r[0]), _float(r[1]), _float(r[2]), None if r[3] is None else int(r[3]),
+                   _float(r[4]), _float(r[5]), float(r[6]))
 
 
 class ExtendRow(NamedTuple):

@@ -11,7 +11,8 @@ from .driver import Step
 from .queries import MIGRATIONS
 from .engine import Database, fetch
 
-REQUIRED_TABLES = ("tasks", "event_log", "lock_events", "dead_letters", "alerts", "leasestore_meta")
+REQUIRED_TABLES = ("tasks", "event_log", "lock_events", "dead_letters", "alerts", "leasestore_meta",
+                   "queue_settings")
 
 
 def _run_on(cur: Any, step: Step[Any]) -> Any:

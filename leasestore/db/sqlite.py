@@ -201,14 +201,21 @@ class SqliteDriver(Driver):
             if own is not None:
                 yield COMMIT
                 return ClaimNextRow(ClaimNextKind.MINE, task_id=own)
-        row = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "now": now, "limit": 1}, Fetch.ONE)
+        row = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "owner": p.owner, "now": now, "limit": 1},
+                         Fetch.ONE)
         pending = PendingRow.from_row(row) if row is not None else None
         if pending is None:
-            expired = yield from self.expired_candidate(p.queue, now)
-            yield COMMIT
-            if expired is None:
+            expired = yield from self.expired_candidate(p.queue, p.owner, now)
+            if expired is not None:
+                yield COMMIT
+                return ClaimNextRow(ClaimNextKind.EXPIRED, task_id=expired.task_id)
+            held = yield from self.held_back(p.queue, p.owner, now)
+            if held is None:
+                yield COMMIT
                 return ClaimNextRow(ClaimNextKind.NONE)
-            return ClaimNextRow(ClaimNextKind.EXPIRED, task_id=expired.task_id)
+            yield Stmt(q.INSERT_LOCK_EVENT, audit.lock_delayed(held, p.queue, p.owner).params(now))
+            yield COMMIT
+            return ClaimNextRow(ClaimNextKind.HELD, task_id=held.task_id)
         row = yield Stmt(q.ACQUIRE, {"now": now, "id": pending.task_id, "fence": pending.fencing_token,
                                      "from_status": TaskStatus.PENDING, "owner": p.owner,
                                      "token_hash": p.token_hash, "ttl": p.ttl}, Fetch.ONE)
@@ -222,8 +229,8 @@ class SqliteDriver(Driver):
     def claim_many(self, p: ClaimParams, token_hashes: Sequence[str]) -> Step[list[tuple[int, LeaseRow]]]:
         yield self._begin_write
         now = yield from self.write_now()
-        rows = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "now": now, "limit": len(token_hashes)},
-                          Fetch.ALL)
+        rows = yield Stmt(q.SELECT_NEXT_PENDING, {"queue": p.queue, "owner": p.owner, "now": now,
+                                                  "limit": len(token_hashes)}, Fetch.ALL)
         leased: list[tuple[int, LeaseRow]] = []
         for n, (task_id, fence) in enumerate(rows):
             row = yield Stmt(q.ACQUIRE, {"now": now, "id": task_id, "fence": fence,

@@ -10,10 +10,11 @@ from .. import errors, validation
 from ..db import audit
 from ..db.driver import ClaimNextKind, ClaimParams, Step
 from ..db.engine import Op
-from ..db.rows import CandidateRow, LeaseRow
+from ..db.rows import CandidateRow, HeldBackRow, LeaseRow, TaskRow
 from ..failpoints import failpoint
 from ..models import LockOp, LockOutcome, TaskStatus
 from ..types import ClaimResult, ClaimStatus, Lease
+from . import queues
 from .common import Context, hash_token, new_token, to_lease
 from .recovery import expire_to_dead_letter
 
@@ -24,7 +25,7 @@ def claim_task(ctx: Context, queue: str | None, owner: str, *, task_id: str | No
                additional: bool) -> Op[ClaimResult]:
     """See :meth:`leasestore.LeaseStore.claim_task`."""
     owner = validation.name(owner, "owner")
-    ttl = validation.ttl(ctx.default_ttl if ttl is None else ttl)
+    ttl = None if ttl is None else validation.ttl(ttl)
     if task_id is None and queue is None:
         raise errors.InvalidArgument("claim_task needs a queue or a task_id")
     queue = validation.optional_name(queue, "queue")
@@ -35,13 +36,15 @@ def claim_task(ctx: Context, queue: str | None, owner: str, *, task_id: str | No
 
 
 class _Claim:
-    def __init__(self, ctx: Context, queue: str | None, owner: str, task_id: str | None, ttl: float,
+    def __init__(self, ctx: Context, queue: str | None, owner: str, task_id: str | None, ttl: float | None,
                  additional: bool, token: str) -> None:
+        self.ctx = ctx
         self.d = ctx.driver
         self.queue = queue
         self.owner = owner
         self.task_id = task_id
-        self.ttl = ttl
+        self.asked_ttl = ttl  # None: the queue's, else the store's default
+        self.ttl = ctx.default_ttl
         self.additional = additional
         self.token = token
         self.token_hash = hash_token(token)
@@ -49,6 +52,7 @@ class _Claim:
     def step(self) -> Step[ClaimResult]:
         if self.task_id is None:
             assert self.queue is not None
+            self.ttl = yield from self._ttl(self.queue)
             found = yield from self.d.claim_next(
                 ClaimParams(self.queue, self.owner, self.token_hash, self.ttl, resume=not self.additional))
             if found.kind is ClaimNextKind.ACQUIRED:
@@ -56,6 +60,8 @@ class _Claim:
                 result = self._acquired(found.lease, took_over=False)
             elif found.kind is ClaimNextKind.NONE:
                 result = ClaimResult(ClaimStatus.NO_TASK)
+            elif found.kind is ClaimNextKind.HELD:
+                result = yield from self._held_until(found.task_id)
             else:  # the owner's own lease to resume, or an expired one to take over
                 result = yield from self.d.write(self._next)
         else:
@@ -69,24 +75,40 @@ class _Claim:
             own = yield from self.d.own_lease(self.owner, self.queue, now)
             if own is not None:
                 return (yield from self._resume(now, own))
-        pending = yield from self.d.next_pending(self.queue, now)
+        pending = yield from self.d.next_pending(self.queue, self.owner, now)
         if pending is not None:
             return (yield from self._acquire(now, pending.task_id, pending.fencing_token, None))
-        expired = yield from self.d.expired_candidate(self.queue, now)
+        expired = yield from self.d.expired_candidate(self.queue, self.owner, now)
         if expired is not None:
             return (yield from self._acquire(now, expired.task_id, expired.fencing_token, expired))
+        held = yield from self.d.held_back(self.queue, self.owner, now)
+        if held is not None:
+            yield from self.d.insert_lock_event(now, audit.lock_delayed(held, self.queue, self.owner))
+            return ClaimResult(ClaimStatus.LOCK_DELAYED, task_id=held.task_id, held_until=held.held_until)
         return ClaimResult(ClaimStatus.NO_TASK)
+
+    def _held_until(self, task_id: str | None) -> Step[ClaimResult]:
+        """The answer to a claim the driver found held back (its row is written)."""
+        assert task_id is not None
+        row = yield from self.d.task(task_id)
+        until = None
+        if row is not None:
+            until = row.available_at if row.lease_expires_at is None else row.lease_expires_at + row.lock_delay
+        return ClaimResult(ClaimStatus.LOCK_DELAYED, task_id=task_id, held_until=until)
 
     def _named(self, now: float) -> Step[ClaimResult]:
         assert self.task_id is not None
         row = yield from self.d.task_for_update(self.task_id)
         if row is None or (self.queue is not None and row.queue != self.queue):
             raise errors.TaskNotFound(self.task_id)
+        self.ttl = yield from self._ttl(row.queue)
         # The row lock may have been waited for: judge time as of now, not as
         # of the transaction's start.
         now = yield from self.d.now()
         if row.status == TaskStatus.PENDING:
-            if row.available_at > now:
+            if row.available_at > now and row.held_for is not None and row.held_for != self.owner:
+                return (yield from self._delayed(now, row, row.available_at))
+            if row.available_at > now and row.held_for is None:
                 return ClaimResult(ClaimStatus.NO_TASK, task_id=row.id)
             return (yield from self._acquire(now, row.id, row.fencing_token, None))
         if row.status != TaskStatus.LEASED:
@@ -101,8 +123,20 @@ class _Claim:
             yield from expire_to_dead_letter(self.d, now, row.id, row.queue, row.owner, row.fencing_token,
                                              row.attempts, op=LockOp.CLAIM)
             return ClaimResult(ClaimStatus.NO_TASK, task_id=row.id)
-        previous = CandidateRow(row.id, row.owner, row.fencing_token, row.lease_expires_at)
+        if row.owner != self.owner and row.lease_expires_at + row.lock_delay > now:
+            return (yield from self._delayed(now, row, row.lease_expires_at + row.lock_delay))
+        previous = CandidateRow(row.id, row.owner, row.fencing_token, row.lease_expires_at, row.lock_delay)
         return (yield from self._acquire(now, row.id, row.fencing_token, previous))
+
+    def _ttl(self, queue: str) -> Step[float]:
+        if self.asked_ttl is not None:
+            return self.asked_ttl
+        return (yield from queues.lease_ttl(self.ctx, queue))
+
+    def _delayed(self, now: float, row: TaskRow, until: float) -> Step[ClaimResult]:
+        held = HeldBackRow(row.id, row.fencing_token, until)
+        yield from self.d.insert_lock_event(now, audit.lock_delayed(held, row.queue, self.owner))
+        return ClaimResult(ClaimStatus.LOCK_DELAYED, task_id=row.id, held_until=until)
 
     def _acquire(self, now: float, task_id: str, fence: int, previous: CandidateRow | None) -> Step[ClaimResult]:
         from_status = TaskStatus.PENDING if previous is None else TaskStatus.LEASED
@@ -143,14 +177,15 @@ def claim_many(ctx: Context, queue: str, owner: str, count: int, *, ttl: float |
     queue = validation.name(queue, "queue")
     owner = validation.name(owner, "owner")
     count = validation.positive_int(count, "count", MAX_CLAIM_MANY)
-    ttl = validation.ttl(ctx.default_ttl if ttl is None else ttl)
+    asked_ttl = None if ttl is None else validation.ttl(ttl)
     tokens = [new_token() for _ in range(count)]
     hashes = [hash_token(t) for t in tokens]
     d = ctx.driver
 
     def step() -> Step[list[Lease]]:
-        leased = yield from d.claim_many(ClaimParams(queue, owner, "", ttl, resume=False), hashes)
-        return [to_lease(row, tokens[n], ttl, took_over=False) for n, row in leased]
+        lease_ttl = asked_ttl if asked_ttl is not None else (yield from queues.lease_ttl(ctx, queue))
+        leased = yield from d.claim_many(ClaimParams(queue, owner, "", lease_ttl, resume=False), hashes)
+        return [to_lease(row, tokens[n], lease_ttl, took_over=False) for n, row in leased]
 
     return step
 
@@ -188,12 +223,20 @@ class WaitPlan:
         return min(step, left)
 
 
-def next_ready_in(ctx: Context, queue: str) -> Op[float | None]:
-    """Seconds until the queue's next pending task is ready (None: there is none)."""
+def keeps_waiting(result: ClaimResult) -> bool:
+    """Whether a waiting claim looks again after this answer."""
+    return result.status is ClaimStatus.NO_TASK or result.status is ClaimStatus.LOCK_DELAYED
+
+
+def next_ready_in(ctx: Context, queue: str, result: ClaimResult) -> Op[float | None]:
+    """Seconds until the queue's next pending task is ready, or until the
+    lock-delay that held ``result`` back ends, whichever is first (None: neither)."""
     d = ctx.driver
 
     def body(now: float) -> Step[float | None]:
         at = yield from d.next_available_at(queue)
+        if result.held_until is not None:
+            at = result.held_until if at is None else min(at, result.held_until)
         return None if at is None else at - now
 
     return lambda: d.read(body)

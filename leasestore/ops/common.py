@@ -4,16 +4,44 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 from .. import errors, validation
-from ..db.driver import Driver
-from ..db.rows import LeaseRow
+from ..db.driver import Driver, Step
+from ..db.rows import LeaseRow, QueueSettingsRow
 from ..retry import RetryPolicy
 from ..types import Lease, LeaseLike
 
+UNSET: Any = object()
+"""A keyword left as it is stored (``checkpoint=UNSET``, a queue setting)."""
+
 DEFAULT_LEASE_TTL = 30.0
 DEFAULT_MAX_ATTEMPTS = 3
+# How stale a queue's settings may be when a claim or a release reads them: a
+# change reaches every process within this, without a read per claim.
+QUEUE_SETTINGS_MAX_AGE = 1.0
+
+
+class QueueSettingsCache:
+    """Each queue's stored settings as last read, per store (both faces read it
+    from one event loop or under the GIL: a dict suffices)."""
+
+    def __init__(self, max_age: float = QUEUE_SETTINGS_MAX_AGE) -> None:
+        self.max_age = max_age
+        self._entries: dict[str, tuple[float, QueueSettingsRow | None]] = {}
+
+    def get(self, d: Driver, queue: str) -> Step[QueueSettingsRow | None]:
+        hit = self._entries.get(queue)
+        if hit is not None and time.monotonic() - hit[0] < self.max_age:
+            return hit[1]
+        row = yield from d.queue_settings(queue)
+        self._entries[queue] = (time.monotonic(), row)
+        return row
+
+    def put(self, queue: str, row: QueueSettingsRow | None) -> None:
+        self._entries[queue] = (time.monotonic(), row)
 
 
 @dataclass(frozen=True)
@@ -23,6 +51,7 @@ class Context:
     driver: Driver
     default_ttl: float
     retry_policy: RetryPolicy
+    queues: QueueSettingsCache = field(default_factory=QueueSettingsCache)
 
 
 def new_token() -> str:

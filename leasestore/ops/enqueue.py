@@ -11,16 +11,20 @@ from ..db.driver import Event, Step
 from ..db.engine import Op
 from ..models import EventKind, TaskStatus
 from ..types import EnqueueResult
+from . import queues
 from .common import Context
 
 
 def enqueue_many(ctx: Context, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None,
-                 max_attempts: int, dedupe_keys: Sequence[str | None] | None,
-                 delay: float, priority: int = 0) -> Op[list[EnqueueResult]]:
-    """Add many tasks in one transaction (all or none)."""
+                 max_attempts: int | None, dedupe_keys: Sequence[str | None] | None,
+                 delay: float, priority: int = 0, lock_delay: float | None = None) -> Op[list[EnqueueResult]]:
+    """Add many tasks in one transaction (all or none). ``max_attempts`` and
+    ``lock_delay`` left None come from the queue's settings, read in the same
+    transaction."""
     queue = validation.name(queue, "queue")
     priority = validation.priority(priority)
-    max_attempts = validation.max_attempts(max_attempts)
+    asked_attempts = None if max_attempts is None else validation.max_attempts(max_attempts)
+    asked_delay = None if lock_delay is None else validation.lock_delay(lock_delay)
     delay = validation.delay(delay)
     count = len(payloads)
     if task_ids is not None and len(task_ids) != count:
@@ -37,15 +41,19 @@ def enqueue_many(ctx: Context, queue: str, payloads: Sequence[Any], *, task_ids:
     d = ctx.driver
 
     def body(now: float) -> Step[list[EnqueueResult]]:
+        settings = None
+        if asked_attempts is None or asked_delay is None:
+            settings = yield from d.queue_settings(queue)
+        attempts, held = queues.enqueue_defaults(settings, asked_attempts, asked_delay)
         results = []
         for tid, payload_json, key in rows:
             existing = yield from _existing(ctx, queue, tid, key)
             if existing is not None:
                 results.append(EnqueueResult(existing, created=False))
                 continue
-            yield from d.insert_task(now, tid, queue, payload_json, max_attempts, delay, key, priority)
+            yield from d.insert_task(now, tid, queue, payload_json, attempts, delay, key, priority, held)
             yield from d.insert_event(now, Event(tid, queue, EventKind.ENQUEUED, None, TaskStatus.PENDING,
-                                                 attempt=0, detail=_enqueue_detail(key, priority)))
+                                                 attempt=0, detail=_enqueue_detail(key, priority, held)))
             results.append(EnqueueResult(tid, created=True))
         return results
 
@@ -77,8 +85,10 @@ def _existing(ctx: Context, queue: str, task_id: str, key: str | None) -> Step[s
     return task_id
 
 
-def _enqueue_detail(dedupe_key: str | None, priority: int) -> dict[str, Any] | None:
+def _enqueue_detail(dedupe_key: str | None, priority: int, lock_delay: float) -> dict[str, Any] | None:
     detail: dict[str, Any] = {}
+    if lock_delay:
+        detail["lock_delay"] = lock_delay
     if dedupe_key:
         detail["dedupe_key"] = dedupe_key
     if priority:

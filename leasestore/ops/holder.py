@@ -13,13 +13,13 @@ from ..db.engine import Op
 from ..failpoints import failpoint
 from ..models import EventKind, LockOp, ReleaseOutcome, TaskStatus
 from ..types import HeartbeatResult, Lease, LeaseLike, ReleaseResult, ReleaseResultKind
-from .common import Context, hash_token, lease_fields
+from ..retry import RetryPolicy
+from . import queues
+from .common import UNSET, Context, hash_token, lease_fields
 
 log_heartbeat = logging.getLogger("leasestore.heartbeat")
 log_release = logging.getLogger("leasestore.release")
 
-UNSET: Any = object()
-"""``checkpoint=UNSET`` leaves the stored checkpoint as it is."""
 
 
 def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: Any) -> Op[HeartbeatResult]:
@@ -60,7 +60,7 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
     token_hash = hash_token(token)
     # A lease's attempt number cannot change while its fencing token stands,
     # so a full Lease needs no read; a bare reference reads it first.
-    known = (lease.attempt, lease.max_attempts) if isinstance(lease, Lease) else None
+    known = (lease.attempt, lease.max_attempts, lease.queue) if isinstance(lease, Lease) else None
     d = ctx.driver
 
     def step() -> Step[ReleaseResult]:
@@ -69,8 +69,11 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
             attempts = yield from d.attempts(task_id)
             if attempts is None:
                 raise errors.TaskNotFound(task_id)
-        attempt, max_attempts = attempts
-        kind, params = decide_release(ctx, task_id, token_hash, fence, attempt, max_attempts, outcome,
+        attempt, max_attempts, queue = attempts
+        policy = ctx.retry_policy
+        if outcome is ReleaseOutcome.FAILED and retry_in is None and attempt < max_attempts:
+            policy = yield from queues.retry_policy(ctx, queue)
+        kind, params = decide_release(policy, task_id, token_hash, fence, attempt, max_attempts, outcome,
                                       error_text, retry_in)
         if result_json is not None:
             params = params._replace(result=result_json)
@@ -86,7 +89,7 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
     return step
 
 
-def decide_release(ctx: Context, task_id: str, token_hash: str, fence: int, attempt: int, max_attempts: int,
+def decide_release(policy: RetryPolicy, task_id: str, token_hash: str, fence: int, attempt: int, max_attempts: int,
                    outcome: ReleaseOutcome, error_text: str | None,
                    retry_in: float | None) -> tuple[ReleaseResultKind, ReleaseParams]:
     """Done; or failed below the retry limit → pending after a backoff; or at the
@@ -94,7 +97,7 @@ def decide_release(ctx: Context, task_id: str, token_hash: str, fence: int, atte
     if outcome is ReleaseOutcome.DONE:
         kind, to_status, delay, reason, dead = EventKind.RELEASED, TaskStatus.DONE, 0.0, None, None
     elif attempt < max_attempts:
-        delay = retry_in if retry_in is not None else ctx.retry_policy.delay(attempt)
+        delay = retry_in if retry_in is not None else policy.delay(attempt)
         kind, to_status, reason, dead = EventKind.RETRY_SCHEDULED, TaskStatus.PENDING, "failed", None
     else:
         kind, to_status, delay, reason, dead = (EventKind.DEAD_LETTERED, TaskStatus.DEAD, 0.0, "retry_limit",

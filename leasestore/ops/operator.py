@@ -27,7 +27,9 @@ def revoke_lease(ctx: Context, task_id: str, *, reason: str) -> Op[None]:
         yield from d.end_lease(now, task_id, row.fencing_token, TaskStatus.PENDING, note)
         yield from d.insert_event(now, Event(task_id, row.queue, EventKind.REVOKED, TaskStatus.LEASED,
                                              TaskStatus.PENDING, owner=row.owner, fence=row.fencing_token,
-                                             attempt=row.attempts, reason="revoked", detail={"note": note}))
+                                             attempt=row.attempts, reason="revoked",
+                                             detail={"note": note, **audit.lock_delay_detail(
+                                                 row.lease_expires_at or now, row.lock_delay)}))
         yield from d.insert_lock_event(now, audit.lock_outcome(task_id, row.queue, row.owner, LockOp.REVOKE,
                                                                LockOutcome.REVOKED, row.fencing_token))
 

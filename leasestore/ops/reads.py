@@ -89,14 +89,19 @@ def list_tasks(ctx: Context, *, queue: str | None, status: str | None, limit: in
 
 
 def status_summary(ctx: Context) -> Op[dict[str, Any]]:
-    """Task counts by queue and status, and the active leases with their ages."""
+    """Task counts by queue and status, the active leases with their ages, and
+    each queue's stored settings."""
     d = ctx.driver
 
     def body(now: float) -> Step[dict[str, Any]]:
         counts = yield from d.task_counts()
         leases = yield from d.active_leases(ACTIVE_LEASES_SHOWN)
+        settings = yield from d.all_queue_settings()
         return {
             "now": now,
+            "queue_settings": [{"queue": r.queue, "lock_delay": r.lock_delay, "lease_ttl": r.lease_ttl,
+                                "max_attempts": r.max_attempts, "retry_base": r.retry_base,
+                                "retry_cap": r.retry_cap} for r in settings],
             "counts": [{"queue": q, "status": s, "count": n} for q, s, n in counts],
             "leases": [{"task_id": r[0], "queue": r[1], "owner": r[2], "fencing_token": int(r[3]),
                         "attempt": int(r[4]), "age_seconds": now - float(r[5]),
@@ -128,7 +133,7 @@ def task_info(r: TaskRow) -> TaskInfo:
         available_at=r.available_at, payload=validation.from_json(r.payload),
         checkpoint=validation.from_json(r.checkpoint), last_error=r.last_error, dedupe_key=r.dedupe_key,
         created_at=r.created_at, updated_at=r.updated_at, priority=r.priority,
-        result=validation.from_json(r.result),
+        result=validation.from_json(r.result), lock_delay=r.lock_delay, held_for=r.held_for,
     )
 
 

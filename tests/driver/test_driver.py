@@ -274,14 +274,14 @@ def test_write_gate_and_is_disconnect(env: Env) -> None:
 def test_duplicate_task_id_raises_duplicate_key(env: Env) -> None:
     """translate_error: inserting an existing task id (or dedupe key) raises DuplicateKey and writes nothing."""
     d = env.d
-    env.write(lambda now: d.insert_task(now, "t1", "q", None, 3, 0.0, "k1"))
+    env.write(lambda now: d.insert_task(now, "t1", "q", None, 3, 0.0, "k1", 0, 0.0))
     before = env.snapshot()
     with pytest.raises(errors.DuplicateKey):
-        env.write(lambda now: d.insert_task(now, "t1", "q", None, 3, 0.0, None))
+        env.write(lambda now: d.insert_task(now, "t1", "q", None, 3, 0.0, None, 0, 0.0))
     with pytest.raises(errors.DuplicateKey):
-        env.write(lambda now: d.insert_task(now, "t2", "q", None, 3, 0.0, "k1"))
+        env.write(lambda now: d.insert_task(now, "t2", "q", None, 3, 0.0, "k1", 0, 0.0))
     assert env.snapshot() == before
-    env.write(lambda now: d.insert_task(now, "t2", "q", None, 3, 0.0, "k1-other"))
+    env.write(lambda now: d.insert_task(now, "t2", "q", None, 3, 0.0, "k1-other", 0, 0.0))
     assert env.run(lambda: d.task("t2")) is not None
 
 
@@ -331,11 +331,11 @@ def test_schema_version_and_extras(env: Env) -> None:
 def test_insert_task_and_lookups(env: Env) -> None:
     """insert_task writes a pending row available after its delay; task and task_by_dedupe_key read it back."""
     d = env.d
-    now = env.write(lambda now: _then(d.insert_task(now, "t1", "q", '{"n":1}', 5, 30.0, "k1", 7), now))
+    now = env.write(lambda now: _then(d.insert_task(now, "t1", "q", '{"n":1}', 5, 30.0, "k1", 7, 0.0), now))
     row = env.run(lambda: d.task("t1"))
     available = pytest.approx(now + 30.0)
     assert row == TaskRow("t1", "q", "pending", 0, 5, None, 0, None, available,  # type: ignore[arg-type]
-                          '{"n":1}', None, None, "k1", now, now, 7, None)
+                          '{"n":1}', None, None, "k1", now, now, 7, None, 0.0, None)
     assert env.run(lambda: d.task_by_dedupe_key("q", "k1")) == row
     assert env.run(lambda: d.task_by_dedupe_key("other", "k1")) is None
     assert env.run(lambda: d.task_by_dedupe_key("q", "k2")) is None
@@ -493,7 +493,7 @@ def test_next_pending(env: Env) -> None:
     d = env.d
     env.store.enqueue("q", task_id="late", delay=60.0)
     env.store.enqueue_many("q", [None, None], task_ids=["t1", "t2"])
-    nxt: Callable[[], PendingRow | None] = lambda: env.write(lambda now: d.next_pending("q", now))
+    nxt: Callable[[], PendingRow | None] = lambda: env.write(lambda now: d.next_pending("q", "w", now))
     assert nxt() == PendingRow("t1", 0)
     lease = env.lease(task_id="t1")
     assert nxt() == PendingRow("t2", 0)
@@ -503,7 +503,7 @@ def test_next_pending(env: Env) -> None:
     assert nxt() == PendingRow("t1", 1)
     env.lease(task_id="t1")
     assert nxt() is None
-    assert env.write(lambda now: d.next_pending("other", now)) is None
+    assert env.write(lambda now: d.next_pending("other", "w", now)) is None
 
 
 def test_expired_candidate(env: Env) -> None:
@@ -514,12 +514,12 @@ def test_expired_candidate(env: Env) -> None:
     env.lease(owner="x", task_id="limit", ttl=1.0)
     env.lease(owner="a", task_id="t1", ttl=3.0)
     env.lease(owner="b", task_id="t2", ttl=2.0)
-    cand: Callable[[], CandidateRow | None] = lambda: env.write(lambda now: d.expired_candidate("q", now))
+    cand: Callable[[], CandidateRow | None] = lambda: env.write(lambda now: d.expired_candidate("q", "w", now))
     assert cand() is None  # nothing expired yet
     env.store.clock.offset += 10
     expires = env.task_row("t2")["lease_expires_at"]
     assert cand() == CandidateRow("t2", "b", 1, expires)
-    assert env.write(lambda now: d.expired_candidate("other", now)) is None
+    assert env.write(lambda now: d.expired_candidate("other", "w", now)) is None
 
 
 def test_task_for_update(env: Env) -> None:
@@ -746,12 +746,12 @@ def test_release_refused_writes_nothing(env: Env) -> None:
 
 
 def test_attempts(env: Env) -> None:
-    """attempts: (attempts, max_attempts) of a task, None when missing."""
+    """attempts: (attempts, max_attempts, queue) of a task, None when missing."""
     d = env.d
     env.store.enqueue("q", task_id="t1", max_attempts=4)
-    assert env.run(lambda: d.attempts("t1")) == (0, 4)
+    assert env.run(lambda: d.attempts("t1")) == (0, 4, "q")
     env.lease()
-    assert env.run(lambda: d.attempts("t1")) == (1, 4)
+    assert env.run(lambda: d.attempts("t1")) == (1, 4, "q")
     assert env.run(lambda: d.attempts("nope")) is None
 
 
@@ -801,9 +801,9 @@ def test_expired_batch(env: Env) -> None:
     env.store.clock.offset += 10
     exp = {tid: env.task_row(tid)["lease_expires_at"] for tid in ("t1", "t2", "r1")}
     everything = env.write(lambda now: d.expired_batch(now, 10))
-    assert everything == [ExpiredRow("r1", "r", "b", 1, 1, 1, exp["r1"]),
-                          ExpiredRow("t2", "q", "c", 1, 1, 3, exp["t2"]),
-                          ExpiredRow("t1", "q", "a", 1, 1, 3, exp["t1"])]
+    assert everything == [ExpiredRow("r1", "r", "b", 1, 1, 1, exp["r1"], 0.0),
+                          ExpiredRow("t2", "q", "c", 1, 1, 3, exp["t2"], 0.0),
+                          ExpiredRow("t1", "q", "a", 1, 1, 3, exp["t1"], 0.0)]
     assert env.write(lambda now: d.expired_batch(now, 2)) == everything[:2]
 
 
