@@ -90,7 +90,7 @@ def test_wait_for_times_out_with_a_typed_error(store: LeaseStore) -> None:
 
 
 def test_a_store_made_by_schema_version_1_is_upgraded(sqlite_url: str) -> None:
-    """init-db upgrades in place: the columns and the index of version 2 are added."""
+    """init-db upgrades in place: the columns and the index of versions 2 and 3, and the queue_settings table, are added."""
     import sqlite3
 
     LeaseStore(sqlite_url).close()
@@ -98,15 +98,20 @@ def test_a_store_made_by_schema_version_1_is_upgraded(sqlite_url: str) -> None:
     conn.execute("DROP INDEX ix_tasks_ready")
     conn.execute("ALTER TABLE tasks DROP COLUMN priority")
     conn.execute("ALTER TABLE tasks DROP COLUMN result")
+    conn.execute("ALTER TABLE tasks DROP COLUMN lock_delay")
+    conn.execute("ALTER TABLE tasks DROP COLUMN held_for")
+    conn.execute("DROP TABLE queue_settings")
     conn.execute("CREATE INDEX ix_tasks_pending ON tasks (queue, available_at, created_at) WHERE status = 'pending'")
     conn.execute("UPDATE leasestore_meta SET value = '1' WHERE key = 'schema_version'")
     conn.close()
     with LeaseStore(sqlite_url) as store:
+        store.set_queue_settings("q", lock_delay=5.0)
         store.enqueue("q", task_id="t", priority=2)
         assert store.get_task("t").priority == 2
+        assert store.get_task("t").lock_delay == 5.0
         indexes = {r[0] for r in store.database.query("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "ix_tasks_ready" in indexes and "ix_tasks_pending" not in indexes
-        assert store.database.query("SELECT value FROM leasestore_meta WHERE key = 'schema_version'")[0][0] == "2"
+        assert store.database.query("SELECT value FROM leasestore_meta WHERE key = 'schema_version'")[0][0] == "3"
 
 
 def _enqueue_later(db_url: str, delay: float, **kwargs: object) -> threading.Thread:

@@ -289,10 +289,11 @@ def test_the_checker_catches_a_store_that_takes_over_live_leases(store: LeaseSto
     from leasestore.db.rows import CandidateRow
 
     d = store.database.driver
-    live = queries.SELECT_EXPIRED_CANDIDATE.replace("lease_expires_at <= ", "lease_expires_at > ")
+    live = (queries.SELECT_EXPIRED_CANDIDATE.replace("lease_expires_at <= ", "lease_expires_at > ")
+            .replace("lease_expires_at + lock_delay <= ", "lease_expires_at + lock_delay > "))
 
-    def any_candidate(queue, now):
-        row = yield from d.one(live, {"queue": queue, "now": now})
+    def any_candidate(queue, owner, now):
+        row = yield from d.one(live, {"queue": queue, "owner": owner, "now": now})
         return None if row is None else CandidateRow.from_row(row)
 
     def always_the_full_path(params):
