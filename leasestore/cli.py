@@ -30,13 +30,15 @@ from .metrics import DEFAULT_WINDOW_MINUTES, compute_metrics, record_alerts
 from .models import DeadLetterStatus, ReleaseOutcome
 from .settings import not_empty
 from .store import DEFAULT_LEASE_TTL, LeaseStore
-from .types import ClockStatus, LeaseRef, RecoveryReport
+from .types import ClockStatus, LeaseRef, QueueSettings, RecoveryReport
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
                   help="A lease store for AI agents: claim, heartbeat, release, recover.")
 dead_letters_app = typer.Typer(no_args_is_help=True, help="List, requeue or resolve dead letters.")
 phase3_app = typer.Typer(no_args_is_help=True, help="Phase-3 contention and regression runs (locust).")
+queue_app = typer.Typer(no_args_is_help=True, help="Show or change a queue's stored settings.")
 app.add_typer(dead_letters_app, name="dead-letters")
+app.add_typer(queue_app, name="queue")
 app.add_typer(phase3_app, name="phase3")
 
 # Remade by main() for every invocation, so COLUMNS and the terminal are read then.
@@ -120,9 +122,10 @@ def enqueue(
     payload: Annotated[Optional[str], typer.Option(help="Task payload as JSON.")] = None,
     task_id: Annotated[Optional[str], typer.Option("--id", help="Task id (default: random).")] = None,
     dedupe_key: Annotated[Optional[str], typer.Option(help="A second enqueue with this key returns the first task.")] = None,
-    max_attempts: Annotated[int, typer.Option(help="Attempts before the task is dead-lettered.")] = 3,
+    max_attempts: Annotated[Optional[int], typer.Option(help="Attempts before the task is dead-lettered (default: the queue's setting, else 3).")] = None,
     delay: Annotated[float, typer.Option(help="Seconds before the task becomes available.")] = 0.0,
     priority: Annotated[int, typer.Option(help="Higher priorities are claimed first, then the oldest.")] = 0,
+    lock_delay: Annotated[Optional[float], typer.Option(help="Seconds after an unreleased lease's expiry before another owner may lease the task (default: the queue's setting, else 0).")] = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -130,7 +133,7 @@ def enqueue(
     value = _parse_json(payload, "payload")
     with _open(db) as store:
         result = store.enqueue(queue, value, task_id=task_id, dedupe_key=dedupe_key,
-                               max_attempts=max_attempts, delay=delay, priority=priority)
+                               max_attempts=max_attempts, delay=delay, priority=priority, lock_delay=lock_delay)
     if as_json:
         _emit_json({"task_id": result.task_id, "created": result.created})
     else:
@@ -142,7 +145,7 @@ def claim(
     queue: Annotated[Optional[str], typer.Argument(help="Queue to take the next task from.")] = None,
     owner: Annotated[str, typer.Option(help="Who claims (an agent identity).")] = "",
     task_id: Annotated[Optional[str], typer.Option("--task-id", help="Claim this task instead of the next one.")] = None,
-    ttl: Annotated[float, typer.Option(help="Lease time to live, seconds.")] = DEFAULT_LEASE_TTL,
+    ttl: Annotated[Optional[float], typer.Option(help=f"Lease time to live, seconds (default: the queue's setting, else {DEFAULT_LEASE_TTL:g}).")] = None,
     additional: Annotated[bool, typer.Option(help="Take another task even if the owner holds one.")] = False,
     wait: Annotated[Optional[float], typer.Option(help="Wait up to this many seconds for a task to arrive.")] = None,
     db: DbOption = None,
@@ -150,7 +153,8 @@ def claim(
 ) -> None:
     """Lease a task. Prints the secret lease token needed to heartbeat or release.
 
-    Exit code 0 when leased or resumed, 3 when busy, 4 when there is no task.
+    Exit code 0 when leased or resumed, 3 when busy, 4 when there is no task,
+    5 when held back by a lock-delay (the output says until when).
     """
     with _open(db) as store:
         result = store.claim_task(queue, owner, task_id=task_id, ttl=ttl, additional=additional, wait=wait)
@@ -163,6 +167,8 @@ def claim(
                     checkpoint=lease.checkpoint, took_over=lease.took_over)
     elif result.holder is not None:
         data["holder"] = result.holder
+    if result.held_until is not None:
+        data["held_until"] = result.held_until
     if as_json:
         _emit_json(data)
     elif lease is not None:
@@ -170,10 +176,13 @@ def claim(
         out.print(f"token={lease.token}", markup=False)
         if lease.checkpoint is not None:
             out.print(f"checkpoint={json.dumps(lease.checkpoint)}", markup=False)
+    elif result.held_until is not None:
+        out.print(" ".join(filter(None, (result.status.value, result.task_id, "until", _ts(result.held_until)))),
+                  markup=False)
     else:
         out.print(result.status.value + (f" (held by {result.holder})" if result.holder else ""), markup=False)
     if result.lease is None:
-        raise typer.Exit(3 if result.busy else 4)
+        raise typer.Exit(3 if result.busy else 5 if result.lock_delayed else 4)
 
 
 TokenOption = Annotated[str, typer.Option(help="The lease token printed by claim.")]
@@ -304,6 +313,82 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
                 Column("expires in s", justify="right")],
                [[lease["task_id"], lease["queue"], lease["owner"], str(lease["fencing_token"]), str(lease["attempt"]),
                  f"{lease['age_seconds']:.1f}", f"{lease['expires_in_seconds']:.1f}"] for lease in summary["leases"]])
+    if summary["queue_settings"]:
+        _print_settings(summary["queue_settings"])
+
+
+_SETTINGS_COLUMNS = ("lock_delay", "lease_ttl", "max_attempts", "retry_base", "retry_cap")
+
+
+def _settings_data(settings: QueueSettings) -> dict[str, Any]:
+    return {"queue": settings.queue, **{name: getattr(settings, name) for name in _SETTINGS_COLUMNS},
+            "updated_at": settings.updated_at}
+
+
+def _print_settings(rows: list[dict[str, Any]]) -> None:
+    # "-" is the store's default, so an operator sees which values are the queue's own.
+    print_rows(out, "queue settings",
+               [Column("queue")] + [Column(name.replace("_", " "), justify="right") for name in _SETTINGS_COLUMNS],
+               [[row["queue"]] + ["-" if row[name] is None else f"{row[name]:g}" for name in _SETTINGS_COLUMNS]
+                for row in rows])
+
+
+def _setting(text: str, name: str) -> Any:
+    """A ``queue set`` option's value; ``default`` clears the setting."""
+    option = "--" + name.replace("_", "-")
+    text = text.strip()
+    if not text:
+        raise errors.InvalidArgument(f"{option} is empty: give a value, or 'default' to clear the setting")
+    if text == "default":
+        return None
+    try:
+        return int(text) if name == "max_attempts" else float(text)
+    except ValueError:
+        kind = "a whole number" if name == "max_attempts" else "a number of seconds"
+        raise errors.InvalidArgument(f"{option} must be {kind} or 'default', not {text!r}") from None
+
+
+def SettingOption(help: str) -> Any:  # noqa: N802 - used like the other *Option annotations
+    return typer.Option(help=help + " ('default' clears it).")
+
+
+@queue_app.command("set")
+def queue_set(
+    queue: str,
+    lock_delay: Annotated[Optional[str], SettingOption("Seconds after an unreleased lease's expiry before another owner may lease a task")] = None,
+    lease_ttl: Annotated[Optional[str], SettingOption("TTL of claims that name none, seconds")] = None,
+    max_attempts: Annotated[Optional[str], SettingOption("Attempts of new tasks before they are dead-lettered")] = None,
+    retry_base: Annotated[Optional[str], SettingOption("First retry backoff, seconds")] = None,
+    retry_cap: Annotated[Optional[str], SettingOption("Largest retry backoff, seconds")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a queue's settings; those not named are kept."""
+    changes = {name: _setting(text, name) for name, text in (
+        ("lock_delay", lock_delay), ("lease_ttl", lease_ttl), ("max_attempts", max_attempts),
+        ("retry_base", retry_base), ("retry_cap", retry_cap)) if text is not None}
+    with _open(db) as store:
+        settings = store.set_queue_settings(queue, **changes)
+    if as_json:
+        _emit_json(_settings_data(settings))
+    else:
+        _print_settings([_settings_data(settings)])
+
+
+@queue_app.command("show")
+def queue_show(
+    queue: Annotated[Optional[str], typer.Argument(help="One queue (default: every queue with stored settings).")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A queue's stored settings ("-" is the store's default)."""
+    with _open(db) as store:
+        found = [store.queue_settings(queue)] if queue is not None else store.list_queue_settings()
+    rows = [_settings_data(s) for s in found]
+    if as_json:
+        _emit_json(rows[0] if queue is not None else rows)
+    else:
+        _print_settings(rows)
 
 
 @app.command()

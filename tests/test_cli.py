@@ -69,6 +69,37 @@ def test_claim_exit_codes_for_busy_and_no_task(db_url: str, capsys: pytest.Captu
     assert run(capsys, "claim", "q", "--owner", "b", "--db", db_url)[0] == 4
 
 
+def test_queue_settings_and_a_lock_delayed_claim(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """queue set/show, enqueue taking the settings, exit 5 while a lock-delay holds a task."""
+    run(capsys, "init-db", "--db", db_url)
+    settings = run_json(capsys, "queue", "set", "q", "--lock-delay", "30", "--max-attempts", "4",
+                        "--lease-ttl", "0.2", "--db", db_url)
+    assert (settings["lock_delay"], settings["max_attempts"], settings["lease_ttl"]) == (30, 4, 0.2)
+    cleared = run_json(capsys, "queue", "set", "q", "--max-attempts", "default", "--db", db_url)
+    assert cleared["max_attempts"] is None and cleared["lock_delay"] == 30
+    assert run_json(capsys, "queue", "show", "q", "--db", db_url) == cleared
+    assert [s["queue"] for s in run_json(capsys, "queue", "show", "--db", db_url)] == ["q"]
+    code, out, _ = run(capsys, "queue", "show", "--db", db_url)
+    assert code == 0 and "queue settings" in out and "30" in out
+
+    run(capsys, "enqueue", "q", "--id", "t1", "--db", db_url)
+    store = LeaseStore(db_url, init=False)
+    assert (store.get_task("t1").lock_delay, store.get_task("t1").max_attempts) == (30, 3)
+    first = run_json(capsys, "claim", "q", "--owner", "a", "--db", db_url)  # the queue's 0.2 s TTL
+    assert first["expires_at"] - store.now() < 1
+    store.clock.offset += 1
+    assert store.recover_stale().recovered == 1
+    code, out, _ = run(capsys, "claim", "q", "--owner", "b", "--db", db_url)
+    assert code == 5 and out.startswith("lockDelayed t1 until ")
+    held = json.loads(run(capsys, "claim", "--task-id", "t1", "--owner", "b", "--db", db_url, "--json")[1])
+    assert held["status"] == "lockDelayed" and held["held_until"] == pytest.approx(first["expires_at"] + 30)
+    store.close()
+    status = run_json(capsys, "status", "--db", db_url)
+    assert [s["queue"] for s in status["queue_settings"]] == ["q"]
+    code, out, _ = run(capsys, "status", "--db", db_url)
+    assert "queue settings" in out
+
+
 def test_dead_letters_and_metrics(db_url: str, capsys: pytest.CaptureFixture[str],
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A task past its retry limit is listed, requeued once, and the metrics alert on it."""
@@ -113,6 +144,16 @@ def test_dead_letters_and_metrics(db_url: str, capsys: pytest.CaptureFixture[str
         (["heartbeat", "missing", "--token", "x", "--fence", "1"], "task 'missing' not found"),
         (["metrics", "0"], "window must be between"),
         (["dead-letters", "resolve", "99"], "no open dead letter with id 99"),
+        (["enqueue", "q", "--lock-delay", "-1"], "lock_delay must be between"),
+        (["enqueue", "q", "--max-attempts", "0"], "max_attempts must be between"),
+        (["queue", "set", "q"], "no setting to change"),
+        (["queue", "set", "q", "--lock-delay", ""], "--lock-delay is empty"),
+        (["queue", "set", "q", "--lock-delay", "soon"], "--lock-delay must be a number of seconds"),
+        (["queue", "set", "q", "--max-attempts", "2.5"], "--max-attempts must be a whole number"),
+        (["queue", "set", "q", "--lease-ttl", "0"], "lease_ttl must be between"),
+        (["queue", "set", "q", "--retry-base", "-3"], "retry_base must be between"),
+        (["queue", "set", " ", "--lock-delay", "1"], "queue must not be empty"),
+        (["queue", "show", ""], "queue must not be empty"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(db_url: str, capsys: pytest.CaptureFixture[str],
@@ -152,6 +193,6 @@ def test_installed_script_uses_orch_db_path(tmp_path: Path) -> None:
 
 
 def _row_counts(store: LeaseStore) -> tuple[int, ...]:
-    tables = ("tasks", "event_log", "lock_events", "dead_letters", "alerts")
+    tables = ("tasks", "event_log", "lock_events", "dead_letters", "alerts", "queue_settings")
 
     return tuple(int(store.database.query(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in tables)

@@ -24,7 +24,7 @@ def _check(name: str, value: Any) -> Any:
     if name == "lock_delay":
         return validation.lock_delay(value)
     if name == "lease_ttl":
-        return validation.ttl(value)
+        return validation.seconds(value, "lease_ttl", validation.MIN_LEASE_TTL, validation.MAX_LEASE_TTL)
     if name == "max_attempts":
         return validation.max_attempts(value)
     return validation.seconds(value, name, 0.0, validation.MAX_DELAY)
