@@ -20,7 +20,20 @@ contract in DESIGN.md as a :class:`Violation`:
     change without its event), a task that does not start with ``enqueued``,
     or a final status that disagrees with the log;
 ``not_drained``
-    a task neither done nor dead at the end (only with ``require_drained``).
+    a task neither done nor dead at the end (only with ``require_drained``);
+``lock_delay``
+    a claim or takeover by another owner before the lock-delay window of a
+    lease that ended unreleased was over (``detail.held_until`` of the
+    recovered, revoked or taken-over row);
+``result_once``
+    a task holding a result that no done release stored, or a done release
+    that stored one the task no longer holds;
+``priority_order``
+    a queue claim (not one naming its task) of a task while a task of higher
+    priority in the same queue was claimable by anyone from ``order_tolerance``
+    seconds before the claim to as long after it. The tolerance keeps the rule
+    sound under ``SKIP LOCKED``: a claimer may pass over a row another claim
+    has locked, but that claim then commits within a transaction's length.
 
 :func:`check_metrics` checks the fifth invariant (``metrics_match_log``): the
 seven metrics as the SQL computes them equal a recount of the raw rows.
@@ -32,10 +45,11 @@ row's own record of the expiry it replaced; recoveries are checked by state.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,15 +66,19 @@ TERMINAL_ONCE = "terminal_once"
 EVENT_PER_CHANGE = "event_per_change"
 NOT_DRAINED = "not_drained"
 METRICS_MATCH_LOG = "metrics_match_log"  # invariant 5, checked by check_metrics
+LOCK_DELAY = "lock_delay"
+RESULT_ONCE = "result_once"
+PRIORITY_ORDER = "priority_order"
 # Each event carries its writer's clock, so a writer whose clock was stepped
 # back would pass every other check: in id order, time must not go backwards
 # by more than the tolerance.
 CLOCK_STEP = "clock_step"
 INVARIANTS = (SINGLE_HOLDER, FENCING_MONOTONIC, TERMINAL_ONCE, EVENT_PER_CHANGE, NOT_DRAINED, METRICS_MATCH_LOG,
-              CLOCK_STEP)
+              CLOCK_STEP, LOCK_DELAY, RESULT_ONCE, PRIORITY_ORDER)
 # Commits on PostgreSQL may land out of id order by a transaction's length; a
 # clock stepped back by more than this is reported.
 DEFAULT_CLOCK_STEP_TOLERANCE = 5.0
+DEFAULT_ORDER_TOLERANCE = 1.0
 
 TERMINAL = (TaskStatus.DONE.value, TaskStatus.DEAD.value)
 PAGE_SIZE = 5000
@@ -137,6 +155,14 @@ class _Lease:
 
 
 @dataclass
+class _Hold:
+    """A lock-delay window: only ``owner`` may lease the task before ``until``."""
+
+    owner: str | None
+    until: float
+
+
+@dataclass
 class _TaskReplay:
     """What the log says about one task so far."""
 
@@ -144,6 +170,14 @@ class _TaskReplay:
     status: str | None = None
     lease: _Lease | None = None
     max_fence: int = 0
+    hold: _Hold | None = None
+    queue: str | None = None
+    priority: int = 0
+    result_stored: bool = False
+    # (from, to) spans in which anyone could claim the task (for priority_order).
+    open_spans: list[tuple[float, float]] = field(default_factory=list)
+    open_from: float | None = None
+    queue_claims: list[tuple[int | None, float]] = field(default_factory=list)  # (event id, ts)
 
 
 def _detail(raw: Any) -> dict[str, Any]:
@@ -160,6 +194,13 @@ def _detail(raw: Any) -> dict[str, Any]:
 
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class _Checker:
@@ -211,6 +252,7 @@ class _Checker:
                       f"{kind} accepted from fencing token {fence} while fence {t.lease.fence} "
                       f"({t.lease.owner!r}) held the lease")
 
+        self._track(t, e, kind, eid)
         if kind in NEW_LEASE:
             if fence is None or fence <= t.max_fence:
                 self.flag(FENCING_MONOTONIC, tid, eid,
@@ -221,6 +263,50 @@ class _Checker:
         if fence is not None:
             t.max_fence = max(t.max_fence, fence)
         t.status = exp_to
+
+    def _track(self, t: _TaskReplay, e: Mapping[str, Any], kind: str, eid: int | None) -> None:
+        """Lock-delay windows, stored results and the spans a task was open to
+        any claimer, as the row changes them (before the lease bookkeeping)."""
+        detail = _detail(e.get("detail"))
+        ts = _float_or_none(e.get("ts"))
+        owner = e.get("owner")
+        if kind == EventKind.ENQUEUED:
+            t.queue = e.get("queue")
+            t.priority = int(detail.get("priority", 0))
+        if kind in NEW_LEASE:
+            hold = t.hold
+            if kind == EventKind.TAKEN_OVER:
+                until = _float_or_none(detail.get("held_until"))
+                hold = _Hold(detail.get("previous_owner"), until) if until is not None else None
+            if hold is not None and owner != hold.owner and ts is not None and ts < hold.until:
+                self.flag(LOCK_DELAY, t.task_id, eid,
+                          f"{kind} by {owner!r} {hold.until - ts:.3f} s before the lock-delay of "
+                          f"{hold.owner!r}'s lease ended")
+            t.hold = None
+        elif kind in (EventKind.RECOVERED, EventKind.REVOKED):
+            until = _float_or_none(detail.get("held_until"))
+            t.hold = _Hold(t.lease.owner if t.lease else owner, until) if until is not None else None
+        elif kind == EventKind.REQUEUED:
+            t.hold = None
+        if kind == EventKind.RELEASED and detail.get("result"):
+            t.result_stored = True
+        if kind == EventKind.CLAIMED and ts is not None and not detail.get("named"):
+            t.queue_claims.append((eid, ts))
+        if ts is None:
+            return
+        if t.open_from is not None:  # whatever happens next ends the span the task was pending in
+            if ts > t.open_from:
+                t.open_spans.append((t.open_from, ts))
+            t.open_from = None
+        if TRANSITIONS[kind][1] == _P:
+            start = ts
+            if kind == EventKind.ENQUEUED:
+                start = _float_or_none(detail.get("available_at")) or ts
+            elif kind == EventKind.RETRY_SCHEDULED:
+                start = _float_or_none(detail.get("retry_at")) or ts
+            if t.hold is not None:
+                start = max(start, t.hold.until)
+            t.open_from = start
 
     def _check_takeover(self, t: _TaskReplay, e: Mapping[str, Any], eid: int | None,
                         fence: int | None) -> None:
@@ -242,6 +328,8 @@ def check_events(
     *,
     require_drained: bool = True,
     clock_step_tolerance: float | None = DEFAULT_CLOCK_STEP_TOLERANCE,
+    with_result: Collection[str] | None = None,
+    order_tolerance: float = DEFAULT_ORDER_TOLERANCE,
 ) -> HistoryReport:
     """Replay ``event_log`` rows (dicts with its columns) and report every violation.
 
@@ -250,6 +338,8 @@ def check_events(
     event at all. With ``require_drained``, every task must end done or dead.
     An event whose time is more than ``clock_step_tolerance`` seconds before an
     earlier event's (in id order) is a ``clock_step``; None skips that check.
+    ``with_result`` (ids of tasks whose row holds a result), when given, is
+    checked against the done releases that stored one.
     """
     checker = _Checker()
     rows = list(events)
@@ -271,6 +361,10 @@ def check_events(
         t = replays[task_id] = _TaskReplay(task_id)
         for e in sorted(task_events, key=lambda r: _int_or_none(r.get("id")) or 0):
             checker.replay(t, e)
+
+    if with_result is not None:
+        _check_results(checker, replays, set(with_result))
+    _check_priority_order(checker, replays, order_tolerance)
 
     final: dict[str, str | None] = {tid: t.status for tid, t in replays.items()}
     if final_status is not None:
@@ -298,14 +392,66 @@ def check_events(
                          unfinished=unfinished, violations=checker.violations)
 
 
+def _check_results(checker: _Checker, replays: Mapping[str, _TaskReplay], with_result: set[str]) -> None:
+    for task_id in sorted(with_result - {tid for tid, t in replays.items() if t.result_stored}):
+        checker.flag(RESULT_ONCE, task_id, None, "the task holds a result no done release stored")
+    for task_id in sorted(tid for tid, t in replays.items() if t.result_stored and tid not in with_result):
+        checker.flag(RESULT_ONCE, task_id, None, "a done release stored a result the task no longer holds")
+
+
+class _OpenSpans:
+    """The spans of one priority in one queue, sorted by start, with a running
+    maximum of their ends: "was some task open across [a, b]?" in log time."""
+
+    def __init__(self, spans: list[tuple[float, float, str]]) -> None:
+        spans.sort()
+        self.starts = [start for start, _, _ in spans]
+        self.longest: list[tuple[float, str]] = []
+        best = (-math.inf, "")
+        for _, end, task_id in spans:
+            best = max(best, (end, task_id))
+            self.longest.append(best)
+
+    def open_across(self, since: float, until: float) -> str | None:
+        i = bisect.bisect_right(self.starts, since)
+        if i == 0:
+            return None
+        end, task_id = self.longest[i - 1]
+        return task_id if end > until else None
+
+
+def _check_priority_order(checker: _Checker, replays: Mapping[str, _TaskReplay], tolerance: float) -> None:
+    by_queue: dict[str | None, dict[int, list[tuple[float, float, str]]]] = defaultdict(lambda: defaultdict(list))
+    for t in replays.values():
+        spans = t.open_spans + ([(t.open_from, math.inf)] if t.open_from is not None else [])
+        for start, end in spans:
+            by_queue[t.queue][t.priority].append((start, end, t.task_id))
+    index = {queue: {p: _OpenSpans(spans) for p, spans in levels.items()}
+             for queue, levels in by_queue.items() if len(levels) > 1}
+    for t in replays.values():
+        levels = index.get(t.queue)
+        if levels is None:
+            continue
+        higher = [(p, level) for p, level in levels.items() if p > t.priority]
+        for eid, ts in t.queue_claims:
+            for p, level in higher:
+                passed = level.open_across(ts - tolerance, ts + tolerance)
+                if passed is not None:
+                    checker.flag(PRIORITY_ORDER, t.task_id, eid,
+                                 f"claimed at priority {t.priority} while {passed!r} (priority {p}) "
+                                 f"was claimable")
+                    break
+
+
 def read_snapshot(store: LeaseStore, *, queue: str | None = None,
-                  page_size: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The ``event_log`` in id order and every task's status (of one queue, if
-    given), read in pages inside one read transaction, so both come from the
-    same snapshot even while workers go on writing."""
+                  page_size: int = PAGE_SIZE) -> tuple[list[dict[str, Any]], dict[str, str], set[str]]:
+    """The ``event_log`` in id order, every task's status (of one queue, if
+    given) and the ids of tasks that hold a result, read in pages inside one
+    read transaction, so all come from the same snapshot even while workers go
+    on writing."""
     d = store.database.driver
 
-    def body(now: float) -> Step[tuple[list[dict[str, Any]], dict[str, str]]]:
+    def body(now: float) -> Step[tuple[list[dict[str, Any]], dict[str, str], set[str]]]:
         events: list[dict[str, Any]] = []
         after = 0
         while True:
@@ -315,14 +461,18 @@ def read_snapshot(store: LeaseStore, *, queue: str | None = None,
                 break
             after = page[-1].id
         final: dict[str, str] = {}
+        with_result: set[str] = set()
         last = ""
         while True:
             statuses = yield from d.task_status_page(queue, last, page_size)
-            final.update(statuses)
+            for task_id, status, has_result in statuses:
+                final[task_id] = status
+                if has_result:
+                    with_result.add(task_id)
             if len(statuses) < page_size:
                 break
             last = statuses[-1][0]
-        return events, final
+        return events, final, with_result
 
     return store.database.read(body)
 
@@ -348,9 +498,9 @@ def check_history(store: LeaseStore, *, require_drained: bool = True, queue: str
     Safe while workers are still running (then pass ``require_drained=False``):
     the log and the statuses are read from one snapshot.
     """
-    events, final = read_snapshot(store, queue=queue)
+    events, final, with_result = read_snapshot(store, queue=queue)
     return check_events(events, final, require_drained=require_drained,
-                        clock_step_tolerance=clock_step_tolerance)
+                        clock_step_tolerance=clock_step_tolerance, with_result=with_result)
 
 
 # --- invariant 5: the metrics say what the log says ----------------------------

@@ -12,8 +12,11 @@ from leasestore import NO_BACKOFF, LeaseStore
 from leasestore.history import (
     EVENT_PER_CHANGE,
     FENCING_MONOTONIC,
+    LOCK_DELAY,
     METRICS_MATCH_LOG,
     NOT_DRAINED,
+    PRIORITY_ORDER,
+    RESULT_ONCE,
     SINGLE_HOLDER,
     TERMINAL_ONCE,
     HistoryReport,
@@ -43,8 +46,8 @@ class Log:
                           "detail": json.dumps(detail) if detail else None})
         return eid
 
-    def enqueue(self, task: str) -> int:
-        return self.add(task, "enqueued", None, "pending")
+    def enqueue(self, task: str, **kw: Any) -> int:
+        return self.add(task, "enqueued", None, "pending", **kw)
 
     def claim(self, task: str, owner: str, fence: int, **kw: Any) -> int:
         return self.add(task, "claimed", "pending", "leased", owner=owner, fence=fence, **kw)
@@ -87,6 +90,112 @@ def test_a_clean_history_passes() -> None:
     assert report.ok, report.summary()
     assert (report.tasks, report.events, report.terminal, report.unfinished) == (2, 16, {"done": 1, "dead": 1}, [])
     assert report.summary().startswith("history ok: 2 tasks, 16 events, done 1, dead 1")
+
+
+# --- lock-delay ---------------------------------------------------------------------
+
+def test_another_owners_claim_inside_a_recovered_leases_window_is_a_lock_delay_violation() -> None:
+    log = Log()
+    log.enqueue("t1", ts=1.0)
+    log.claim("t1", "a", 1, ts=2.0)
+    log.add("t1", "recovered", "leased", "pending", owner="a", fence=1, ts=5.0,
+            detail={"lock_delay": 10, "held_until": 14.0})
+    bad = log.claim("t1", "b", 2, ts=13.5)
+    log.done("t1", "b", 2)
+    [v] = only(check_events(log.rows), LOCK_DELAY)
+    assert (v.task_id, v.event_id) == ("t1", bad) and "0.500 s before the lock-delay of 'a'" in v.message
+
+
+def test_the_old_owner_inside_its_window_and_anyone_after_it_pass() -> None:
+    log = Log()
+    log.enqueue("t1", ts=1.0)
+    log.claim("t1", "a", 1, ts=2.0)
+    log.add("t1", "revoked", "leased", "pending", owner="a", fence=1, ts=3.0,
+            detail={"lock_delay": 10, "held_until": 14.0})
+    log.claim("t1", "a", 2, ts=4.0)  # the old owner may lease it again at once
+    log.add("t1", "recovered", "leased", "pending", owner="a", fence=2, ts=20.0,
+            detail={"lock_delay": 10, "held_until": 25.0})
+    log.claim("t1", "b", 3, ts=25.0)
+    log.done("t1", "b", 3)
+    report = check_events(log.rows)
+    assert report.ok, report.summary()
+
+
+def test_a_takeover_inside_the_window_is_a_lock_delay_violation() -> None:
+    log = Log()
+    log.enqueue("t1", ts=1.0)
+    log.claim("t1", "x", 1, ts=2.0)
+    bad = log.add("t1", "taken_over", "leased", "leased", owner="b", fence=2, ts=6.0,
+                  detail={"previous_owner": "x", "previous_fencing_token": 1, "previous_expires_at": 5.0,
+                          "lock_delay": 3, "held_until": 8.0})
+    log.done("t1", "b", 2)
+    [v] = only(check_events(log.rows), LOCK_DELAY)
+    assert v.event_id == bad and "'x'" in v.message
+
+
+# --- results ---------------------------------------------------------------------------
+
+def test_a_result_no_release_stored_or_one_that_was_lost_is_a_result_once_violation() -> None:
+    log = Log()
+    for task in ("t1", "t2", "t3"):
+        log.enqueue(task)
+        log.claim(task, "a", 1)
+    log.add("t1", "released", "leased", "done", owner="a", fence=1, detail={"result": True})
+    log.add("t2", "released", "leased", "done", owner="a", fence=1)
+    log.add("t3", "released", "leased", "done", owner="a", fence=1, detail={"result": True})
+    final = {"t1": "done", "t2": "done", "t3": "done"}
+    assert check_events(log.rows, final, with_result={"t1", "t3"}).ok
+    violations = only(check_events(log.rows, final, with_result={"t1", "t2"}), RESULT_ONCE)
+    assert [(v.task_id, v.message) for v in violations] == [
+        ("t2", "the task holds a result no done release stored"),
+        ("t3", "a done release stored a result the task no longer holds")]
+
+
+# --- priority order ------------------------------------------------------------------
+
+def test_a_queue_claim_passing_over_a_claimable_higher_priority_is_a_priority_violation() -> None:
+    log = Log()
+    log.enqueue("high", ts=1.0, detail={"priority": 5})
+    log.enqueue("low", ts=1.0)
+    bad = log.claim("low", "a", 1, ts=10.0)
+    log.claim("high", "b", 1, ts=20.0)
+    log.done("low", "a", 1)
+    log.done("high", "b", 1)
+    [v] = only(check_events(log.rows), PRIORITY_ORDER)
+    assert (v.task_id, v.event_id) == ("low", bad) and "'high' (priority 5)" in v.message
+
+
+def test_what_skip_locked_allows_passes_the_priority_check() -> None:
+    """A higher task claimed by a concurrent claim, a delayed, retrying or
+    held one, and a claim that names its task: none breaks the order."""
+    log = Log()
+    log.enqueue("racing", ts=1.0, detail={"priority": 5})
+    log.enqueue("delayed", ts=1.0, detail={"priority": 5, "available_at": 30.0})
+    log.enqueue("held", ts=1.0, detail={"priority": 5})
+    log.claim("held", "x", 1, ts=1.5)
+    log.add("held", "recovered", "leased", "pending", owner="x", fence=1, ts=3.0,
+            detail={"lock_delay": 60, "held_until": 61.0})
+    log.enqueue("low", ts=1.0)
+    log.enqueue("named", ts=1.0)
+    log.claim("racing", "b", 1, ts=10.4)  # a concurrent claim that locked it first
+    log.claim("low", "a", 1, ts=10.0)
+    log.claim("named", "c", 1, ts=11.0, detail={"named": True})
+    for task, owner in (("racing", "b"), ("low", "a"), ("named", "c")):
+        log.done(task, owner, 1)
+    log.claim("delayed", "d", 1, ts=40.0)
+    report = check_events(log.rows, require_drained=False)
+    assert report.ok, report.summary()
+
+
+def test_a_real_priority_queue_passes(store: LeaseStore) -> None:
+    for i in range(12):
+        store.enqueue("q", task_id=f"t{i}", priority=i % 3, delay=0.2 if i == 11 else 0)
+    while (claim := store.claim_task("q", "a", additional=True)).lease is not None:
+        store.release_task(claim.lease, "done", result={"i": claim.lease.task_id})
+    time.sleep(0.25)
+    store.release_task(store.claim_task("q", "a", additional=True).lease, "done")
+    report = check_history(store)
+    assert report.ok, report.summary()
 
 
 def test_second_claim_while_held_is_two_holders() -> None:
@@ -267,7 +376,7 @@ def test_check_history_reads_in_pages(store: LeaseStore) -> None:
     from leasestore.history import read_snapshot
 
     store.enqueue_many("q", [None] * 7, task_ids=[f"t{i}" for i in range(7)])
-    events, final = read_snapshot(store, page_size=3)
+    events, final, _ = read_snapshot(store, page_size=3)
     assert [e["id"] for e in events] == sorted(e["id"] for e in events) and len(events) == 7
     assert sorted(final) == [f"t{i}" for i in range(7)] and set(final.values()) == {"pending"}
 

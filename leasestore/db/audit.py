@@ -26,9 +26,15 @@ def end_reason(kind: str, reason: str | None) -> str:
     return END_REASONS.get(kind, kind)
 
 
-def claimed(lease: LeaseRow, from_status: str) -> Event:
+# A claim that named its task was not the queue's choice: the history check's
+# priority order skips it.
+_NAMED: dict[str, object] = {"named": True}
+
+
+def claimed(lease: LeaseRow, from_status: str, *, named: bool = False) -> Event:
     return Event(lease.task_id, lease.queue, EventKind.CLAIMED, from_status, TaskStatus.LEASED,
-                 owner=lease.owner, fence=lease.fencing_token, attempt=lease.attempt)
+                 owner=lease.owner, fence=lease.fencing_token, attempt=lease.attempt,
+                 detail=_NAMED if named else None)
 
 
 def taken_over(lease: LeaseRow, previous: CandidateRow) -> Event:
@@ -75,11 +81,17 @@ def release_lock_detail(result: str) -> str:
     return detail
 
 
+# A done release that stored a result says so (the history check's result_once).
+RESULT_DETAIL: dict[str, object] = {"result": True}
+
+
 def released(p: ReleaseParams, row: ReleaseRow) -> Event:
     if p.event_kind == EventKind.RETRY_SCHEDULED:
         detail: dict[str, object] | None = {"retry_at": row.available_at}
     elif p.dead_letter_reason is not None:
         detail = {"dead_letter_id": row.dead_letter_id}
+    elif p.result is not None:
+        detail = RESULT_DETAIL
     else:
         detail = None
     return Event(p.task_id, row.queue, p.event_kind, TaskStatus.LEASED, p.to_status, owner=row.owner,

@@ -472,9 +472,11 @@ class Driver:
         rows = yield from self.all(q.SELECT_EVENT_PAGE, {"queue": queue, "after": after_id, "limit": limit})
         return [EventRow.from_row(r) for r in rows]
 
-    def task_status_page(self, queue: str | None, after_id: str, limit: int) -> Step[list[tuple[str, str]]]:
+    def task_status_page(self, queue: str | None, after_id: str,
+                         limit: int) -> Step[list[tuple[str, str, bool]]]:
+        """(id, status, whether it holds a result) of tasks after ``after_id``, in id order."""
         rows = yield from self.all(q.SELECT_TASK_STATUS_PAGE, {"queue": queue, "after": after_id, "limit": limit})
-        return [(str(r[0]), str(r[1])) for r in rows]
+        return [(str(r[0]), str(r[1]), bool(r[2])) for r in rows]
 
     def lock_outcome_counts(self, queue: str | None) -> Step[list[tuple[str, int]]]:
         rows = yield from self.all(q.COUNT_LOCK_OUTCOMES, {"queue": queue})

@@ -23,8 +23,10 @@ from psycopg import errors as pg_errors
 from sqlalchemy.engine import URL
 
 from .. import errors
+from . import audit
 from . import queries as q
-from .driver import ClaimNextKind, ClaimNextRow, ClaimParams, Driver, ExtendParams, Fetch, ReleaseParams, Step, Stmt
+from .driver import (ClaimNextKind, ClaimNextRow, ClaimParams, Driver, ExtendParams, Fetch, ReleaseParams, Step,
+                     Stmt, dumps)
 from .rows import CandidateRow, ExpiredRow, ExtendRow, LeaseRow, PendingRow, ReleaseRow, TaskRow
 
 # The server's clock, read when evaluated (``clock_timestamp()``, not the
@@ -286,6 +288,7 @@ upd AS (
 SELECT n, id, queue, owner, fencing_token, lease_expires_at, attempts, max_attempts, payload, checkpoint FROM upd
 """
 
+_RESULT_DETAIL = dumps(audit.RESULT_DETAIL)
 # A dead-lettering release also opens its dead letter; the event's detail names it.
 RELEASE = f"""
 WITH {_LOCKED_CLOCK},
@@ -312,7 +315,8 @@ ev AS (
          CASE WHEN %(kind)s::text = 'retry_scheduled'
               THEN '{{"retry_at":' || available_at::text || '}}'
               WHEN %(dead_letter_reason)s::text IS NOT NULL
-              THEN '{{"dead_letter_id":' || (SELECT id FROM dl)::text || '}}' END
+              THEN '{{"dead_letter_id":' || (SELECT id FROM dl)::text || '}}'
+              WHEN %(result)s::text IS NOT NULL THEN '{_RESULT_DETAIL}' END
   FROM upd
 ),
 lk AS (

@@ -266,7 +266,7 @@ ORDER BY id LIMIT :limit
 """
 
 SELECT_TASK_STATUS_PAGE = """
-SELECT id, status FROM tasks
+SELECT id, status, CASE WHEN result IS NULL THEN 0 ELSE 1 END FROM tasks
 WHERE id > :after AND (CAST(:queue AS TEXT) IS NULL OR queue = :queue)
 ORDER BY id LIMIT :limit
 """

@@ -145,7 +145,7 @@ class _Claim:
             raise errors.InvalidTransition(f"task {task_id!r} changed during claim")
         failpoint("after_claim_update")
         if previous is None:
-            yield from self.d.insert_event(now, audit.claimed(lease, from_status))
+            yield from self.d.insert_event(now, audit.claimed(lease, from_status, named=self.task_id is not None))
             outcome = LockOutcome.ACQUIRED
         else:
             yield from self.d.insert_event(now, audit.taken_over(lease, previous))

@@ -53,7 +53,8 @@ def enqueue_many(ctx: Context, queue: str, payloads: Sequence[Any], *, task_ids:
                 continue
             yield from d.insert_task(now, tid, queue, payload_json, attempts, delay, key, priority, held)
             yield from d.insert_event(now, Event(tid, queue, EventKind.ENQUEUED, None, TaskStatus.PENDING,
-                                                 attempt=0, detail=_enqueue_detail(key, priority, held)))
+                                                 attempt=0,
+                                                 detail=_enqueue_detail(key, priority, held, now + delay if delay else None)))
             results.append(EnqueueResult(tid, created=True))
         return results
 
@@ -85,8 +86,11 @@ def _existing(ctx: Context, queue: str, task_id: str, key: str | None) -> Step[s
     return task_id
 
 
-def _enqueue_detail(dedupe_key: str | None, priority: int, lock_delay: float) -> dict[str, Any] | None:
+def _enqueue_detail(dedupe_key: str | None, priority: int, lock_delay: float,
+                    available_at: float | None) -> dict[str, Any] | None:
     detail: dict[str, Any] = {}
+    if available_at is not None:  # when a delayed task may first be claimed (the history check's priority order)
+        detail["available_at"] = available_at
     if lock_delay:
         detail["lock_delay"] = lock_delay
     if dedupe_key:

@@ -946,7 +946,8 @@ def test_events_newest_and_after(env: Env) -> None:
     full = env.read(lambda now: d.events("t1", 0, 1, True))[0]
     assert full.as_dict() == {"id": ids[2], "ts": env.task_row("t1")["leased_at"], "task_id": "t1", "queue": "q",
                               "kind": "claimed", "from_status": "pending", "to_status": "leased", "owner": "a",
-                              "fencing_token": 1, "attempt": 1, "reason": None, "detail": None}
+                              "fencing_token": 1, "attempt": 1, "reason": None,
+                              "detail": '{"named":true}'}  # env.lease names its task
 
 
 def test_events_page(env: Env) -> None:
@@ -968,18 +969,19 @@ def test_events_page(env: Env) -> None:
 
 
 def test_task_status_page(env: Env) -> None:
-    """task_status_page: (id, status) after ``after_id`` in id order, optionally of one queue."""
+    """task_status_page: (id, status, has result) after ``after_id`` in id order, optionally of one queue."""
     d = env.d
     env.store.enqueue_many("q", [None] * 3, task_ids=["c", "a", "b"])
     env.store.enqueue("r", task_id="d")
     env.lease(task_id="b")
+    env.store.release_task(env.store.claim_task(task_id="c", owner="x").lease, "done", result={"ok": 1})
 
-    def page(queue: str | None, after: str, limit: int) -> list[tuple[str, str]]:
+    def page(queue: str | None, after: str, limit: int) -> list[tuple[str, str, bool]]:
         return env.read(lambda now: d.task_status_page(queue, after, limit))
 
-    assert page(None, "", 2) == [("a", "pending"), ("b", "leased")]
-    assert page(None, "b", 10) == [("c", "pending"), ("d", "pending")]
-    assert page("q", "", 10) == [("a", "pending"), ("b", "leased"), ("c", "pending")]
+    assert page(None, "", 2) == [("a", "pending", False), ("b", "leased", False)]
+    assert page(None, "b", 10) == [("c", "done", True), ("d", "pending", False)]
+    assert page("q", "", 10) == [("a", "pending", False), ("b", "leased", False), ("c", "done", True)]
     assert page("r", "d", 10) == []
 
 
