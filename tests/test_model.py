@@ -1,7 +1,8 @@
 """Model-based tests: random operation sequences against the real store and a pure-Python model.
 
 The model time ``now`` moves in steps of two seconds and TTLs are odd whole
-seconds, so no lease ever expires within a second of a comparison; the store's clock offset
+seconds (lock-delays even ones), so no lease or lock-delay window ever ends
+within a second of a comparison; the store's clock offset
 is anchored to the model each time the model moves, so the real time that
 passes between operations (milliseconds) only keeps the store's clock rising.
 Where the store may pick any of several tasks (ties in queue order), the
@@ -26,12 +27,14 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from conftest import PG_DSN, require
 from faces import FACES, open_store
-from leasestore import NO_BACKOFF, ClaimStatus, Lease, LeaseLost, StaleLeaseToken
+from leasestore import NO_BACKOFF, ClaimStatus, InvalidTransition, Lease, LeaseLost, StaleLeaseToken
 from leasestore.history import check_history
 
 OWNERS = ("a", "b", "c")
 TTLS = (3.0, 9.0)
 ADVANCES = (2, 4, 10)
+LOCK_DELAYS = (0, 0, 4)
+PRIORITIES = (0, 0, 1, 2)
 # Past this much real time at one model instant, the model moves a step on, so
 # real drift (an operation stalled on a loaded machine included) stays well
 # inside the one-second margin around expiries.
@@ -50,6 +53,11 @@ class ModelTask:
     token: str | None = None
     expires: float | None = None
     leased_at: float | None = None
+    priority: int = 0
+    lock_delay: float = 0.0
+    held_for: str | None = None  # after an unreleased end: who may lease it before hold_until
+    hold_until: float | None = None
+    result: Any = None
 
 
 @dataclass
@@ -68,12 +76,29 @@ class Model:
         t = self.tasks[lease.task_id]
         return self.held(t) and t.token == lease.token and t.fence == lease.fencing_token
 
-    def end_lease(self, t: ModelTask, status: str, *, keep_owner: bool) -> None:
+    def end_lease(self, t: ModelTask, status: str, *, keep_owner: bool, holds: bool = False) -> None:
+        """``holds``: the lease ended unreleased, so a lock-delay may start."""
+        if holds and status == "pending" and t.lock_delay and t.expires is not None \
+                and t.expires + t.lock_delay > self.now:
+            t.held_for, t.hold_until = t.owner, t.expires + t.lock_delay
         t.status, t.token, t.expires = status, None, None
         if not keep_owner:
             t.owner = None
         if status == "dead":
             self.dead_letters += 1
+
+    def claimable(self, t: ModelTask, owner: str) -> bool:
+        """Pending and not held back from ``owner`` by a lock-delay."""
+        return t.status == "pending" and (t.hold_until is None or t.hold_until <= self.now or t.held_for == owner)
+
+    def can_take_over(self, t: ModelTask, owner: str) -> bool:
+        assert t.expires is not None
+        return self.expired(t) and (t.owner == owner or t.expires + t.lock_delay <= self.now)
+
+    def held_back(self, t: ModelTask, owner: str) -> bool:
+        if t.status == "pending":
+            return not self.claimable(t, owner)
+        return (self.expired(t) and t.attempts < t.max_attempts and not self.can_take_over(t, owner))
 
 
 class StoreMachine(RuleBasedStateMachine):
@@ -104,13 +129,15 @@ class StoreMachine(RuleBasedStateMachine):
         return store_time - self._base
 
     # --- rules --------------------------------------------------------------
-    @rule(max_attempts=st.sampled_from([1, 2, 3]))
-    def enqueue(self, max_attempts: int) -> None:
+    @rule(max_attempts=st.sampled_from([1, 2, 3]), priority=st.sampled_from(PRIORITIES),
+          lock_delay=st.sampled_from(LOCK_DELAYS))
+    def enqueue(self, max_attempts: int, priority: int, lock_delay: float) -> None:
         self._tick()
         tid = f"t{len(self.model.tasks)}"
-        result = self.store.enqueue("q", {"id": tid}, task_id=tid, max_attempts=max_attempts)
+        result = self.store.enqueue("q", {"id": tid}, task_id=tid, max_attempts=max_attempts, priority=priority,
+                                    lock_delay=lock_delay)
         assert result.created
-        self.model.tasks[tid] = ModelTask(tid, max_attempts)
+        self.model.tasks[tid] = ModelTask(tid, max_attempts, priority=priority, lock_delay=lock_delay)
 
     @rule(owner=st.sampled_from(OWNERS), ttl=st.sampled_from(TTLS), additional=st.booleans())
     def claim_next(self, owner: str, ttl: float, additional: bool) -> None:
@@ -118,8 +145,13 @@ class StoreMachine(RuleBasedStateMachine):
         m = self.model
         result = self.store.claim_task("q", owner, ttl=ttl, additional=additional)
         own = [t for t in m.tasks.values() if m.held(t) and t.owner == owner]
-        pending = [t for t in m.tasks.values() if t.status == "pending"]
-        expired = [t for t in m.tasks.values() if m.expired(t) and t.attempts < t.max_attempts]
+        pending = [t for t in m.tasks.values() if m.claimable(t, owner)]
+        if pending:  # only the highest priority's tasks may be picked
+            top = max(t.priority for t in pending)
+            pending = [t for t in pending if t.priority == top]
+        expired = [t for t in m.tasks.values()
+                   if m.expired(t) and t.attempts < t.max_attempts and m.can_take_over(t, owner)]
+        held = [t for t in m.tasks.values() if m.held_back(t, owner)]
         if own and not additional:
             assert result.status is ClaimStatus.RESUMED, result
             assert result.task_id in {t.id for t in own}
@@ -132,8 +164,16 @@ class StoreMachine(RuleBasedStateMachine):
             assert result.status is ClaimStatus.ACQUIRED and result.lease.took_over, result
             assert result.task_id in {t.id for t in expired}
             self._acquire(m.tasks[result.task_id], result.lease, owner, ttl)
+        elif held:
+            assert result.status is ClaimStatus.LOCK_DELAYED and result.task_id in {t.id for t in held}, result
+            self._check_held_until(m.tasks[result.task_id], result.held_until)
         else:
             assert result.status is ClaimStatus.NO_TASK, result
+
+    def _check_held_until(self, t: ModelTask, held_until: float | None) -> None:
+        assert held_until is not None
+        until = t.hold_until if t.status == "pending" else (t.expires or 0.0) + t.lock_delay
+        assert abs(self._m_time(held_until) - until) < 0.9, (t, held_until)
 
     @precondition(lambda self: self.model.tasks)
     @rule(data=st.data(), owner=st.sampled_from(OWNERS), ttl=st.sampled_from(TTLS))
@@ -154,7 +194,10 @@ class StoreMachine(RuleBasedStateMachine):
         m = self.model
         self._tick()
         result = self.store.claim_task(task_id=t.id, owner=owner, ttl=ttl)
-        if t.status == "pending":
+        if m.held_back(t, owner):
+            assert result.status is ClaimStatus.LOCK_DELAYED, result
+            self._check_held_until(t, result.held_until)
+        elif t.status == "pending":
             assert result.status is ClaimStatus.ACQUIRED and not result.lease.took_over, result
             self._acquire(t, result.lease, owner, ttl)
         elif m.held(t) and t.owner == owner:
@@ -174,6 +217,7 @@ class StoreMachine(RuleBasedStateMachine):
     def _acquire(self, t: ModelTask, lease: Lease, owner: str, ttl: float) -> None:
         assert lease.fencing_token == t.fence + 1 and lease.owner == owner
         t.status, t.owner, t.fence, t.token = "leased", owner, lease.fencing_token, lease.token
+        t.held_for = t.hold_until = None
         t.attempts += 1
         t.expires, t.leased_at = self.model.now + ttl, self.model.now
         assert lease.attempt == t.attempts
@@ -211,14 +255,16 @@ class StoreMachine(RuleBasedStateMachine):
         return t.status == "leased" and t.token == lease.token and t.fence == lease.fencing_token
 
     @precondition(lambda self: self.leases)
-    @rule(data=st.data(), outcome=st.sampled_from(["done", "failed"]))
+    @rule(data=st.data(), outcome=st.sampled_from(["done", "done with result", "failed"]))
     def release(self, data: st.DataObject, outcome: str) -> None:
         lease = data.draw(st.sampled_from(self.leases))
         self._tick()
         t = self.model.tasks[lease.task_id]
         valid = self.model.valid(lease)
+        value = {"by": lease.owner, "fence": lease.fencing_token} if outcome == "done with result" else None
+        outcome = outcome.split()[0]
         try:
-            result = self.store.release_task(lease, outcome, "boom" if outcome == "failed" else None)
+            result = self.store.release_task(lease, outcome, "boom" if outcome == "failed" else None, result=value)
         except LeaseLost as exc:
             assert not valid, f"valid release refused: {exc}"
             return
@@ -232,6 +278,7 @@ class StoreMachine(RuleBasedStateMachine):
         assert result.result.value == expected
         status = {"done": "done", "retry_scheduled": "pending", "dead_lettered": "dead"}[expected]
         self.model.end_lease(t, status, keep_owner=True)
+        t.result = value
 
     @rule()
     def recover(self) -> None:
@@ -242,7 +289,21 @@ class StoreMachine(RuleBasedStateMachine):
         to_dead = [t for t in stale if t.attempts >= t.max_attempts]
         assert (report.recovered, report.dead_lettered, report.failed) == (len(stale) - len(to_dead), len(to_dead), 0)
         for t in stale:
-            m.end_lease(t, "dead" if t in to_dead else "pending", keep_owner=False)
+            m.end_lease(t, "dead" if t in to_dead else "pending", keep_owner=False, holds=True)
+
+    @precondition(lambda self: self.model.tasks)
+    @rule(data=st.data())
+    def revoke(self, data: st.DataObject) -> None:
+        m = self.model
+        t = m.tasks[data.draw(st.sampled_from(sorted(m.tasks)))]
+        self._tick()
+        try:
+            self.store.revoke_lease(t.id, reason="model")
+        except InvalidTransition:
+            assert t.status != "leased", t
+            return
+        assert t.status == "leased", t
+        m.end_lease(t, "pending", keep_owner=False, holds=True)
 
     @rule(seconds=st.sampled_from(ADVANCES))
     def advance_clock(self, seconds: int) -> None:
@@ -256,8 +317,10 @@ class StoreMachine(RuleBasedStateMachine):
         assert sorted(rows) == sorted(self.model.tasks)
         for tid, m in self.model.tasks.items():
             r = rows[tid]
-            got = (r.status, r.owner, r.fencing_token, r.attempts)
-            assert got == (m.status, m.owner, m.fence, m.attempts), (tid, got, m)
+            got = (r.status, r.owner, r.fencing_token, r.attempts, r.priority, r.result)
+            assert got == (m.status, m.owner, m.fence, m.attempts, m.priority, m.result), (tid, got, m)
+            if m.status == "pending":
+                assert r.held_for == m.held_for, (tid, r, m)
             if m.expires is None:
                 assert r.lease_expires_at is None
             else:
