@@ -13,6 +13,7 @@ stdout). Tables never cut ids, timestamps or owners (see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -321,8 +322,7 @@ _SETTINGS_COLUMNS = ("lock_delay", "lease_ttl", "max_attempts", "retry_base", "r
 
 
 def _settings_data(settings: QueueSettings) -> dict[str, Any]:
-    return {"queue": settings.queue, **{name: getattr(settings, name) for name in _SETTINGS_COLUMNS},
-            "updated_at": settings.updated_at}
+    return dataclasses.asdict(settings)
 
 
 def _print_settings(rows: list[dict[str, Any]]) -> None:

@@ -11,6 +11,7 @@ from ..db.rows import TaskRow
 from ..models import TaskStatus
 from ..types import ClockStatus, TaskInfo
 from .common import Context
+from .queues import SETTING_NAMES
 
 ACTIVE_LEASES_SHOWN = 200
 
@@ -99,9 +100,8 @@ def status_summary(ctx: Context) -> Op[dict[str, Any]]:
         settings = yield from d.all_queue_settings()
         return {
             "now": now,
-            "queue_settings": [{"queue": r.queue, "lock_delay": r.lock_delay, "lease_ttl": r.lease_ttl,
-                                "max_attempts": r.max_attempts, "retry_base": r.retry_base,
-                                "retry_cap": r.retry_cap} for r in settings],
+            "queue_settings": [{"queue": r.queue, **{name: getattr(r, name) for name in SETTING_NAMES}}
+                               for r in settings],
             "counts": [{"queue": q, "status": s, "count": n} for q, s, n in counts],
             "leases": [{"task_id": r[0], "queue": r[1], "owner": r[2], "fencing_token": int(r[3]),
                         "attempt": int(r[4]), "age_seconds": now - float(r[5]),
