@@ -101,7 +101,7 @@ class Event(NamedTuple):
         return {"now": now, "id": self.task_id, "queue": self.queue, "kind": self.kind,
                 "from_status": self.from_status, "to_status": self.to_status, "owner": self.owner,
                 "fence": self.fence, "attempt": self.attempt, "reason": self.reason,
-                "detail": dumps(self.detail)}
+                "detail": None if self.detail is None else dumps(self.detail)}
 
 
 class LockEvent(NamedTuple):
@@ -118,7 +118,8 @@ class LockEvent(NamedTuple):
     def params(self, now: float) -> dict[str, Any]:
         return {"now": now, "id": self.task_id, "queue": self.queue, "owner": self.owner,
                 "op": self.op, "outcome": self.outcome, "fence": self.fence,
-                "detail": self.detail if isinstance(self.detail, str) else dumps(self.detail)}
+                "detail": self.detail if self.detail is None or isinstance(self.detail, str)
+                else dumps(self.detail)}
 
 
 class ClaimParams(NamedTuple):

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from .. import errors
+from . import process
 from .driver import Clock, Driver, Fetch, Step, Stmt, Tx
 from .postgresql import PostgresDriver, ReadyListener, connect_kwargs
 from .sqlite import SqliteDriver, WriteGate, check_version, configure_connection
@@ -56,30 +57,36 @@ class StepRun:
     The runners call :meth:`before` and :meth:`after` only for statements that
     begin or end a transaction (``stmt.tx``): the hot loop stays a few lines."""
 
+    __slots__ = ("driver", "step", "in_transaction", "disconnected", "gate", "gate_held")
+
     def __init__(self, driver: Driver, step: Step[Any]) -> None:
         self.driver = driver
         self.step = step
         self.in_transaction = False
         self.disconnected = False
-        self._gate: AbstractContextManager[None] | None = None
+        # Looked up once per operation, not per transaction: the SQLite claim
+        # path spends a measurable share of its time on calls like these.
+        self.gate = driver.write_gate()
+        self.gate_held = False
 
     def before(self, stmt: Stmt) -> None:
         if stmt.tx is Tx.BEGIN_WRITE:
-            gate = self.driver.write_gate()
-            gate.__enter__()
-            self._gate = gate
+            self.gate.__enter__()
+            self.gate_held = True
 
     def after(self, stmt: Stmt) -> None:
         if stmt.tx is Tx.END:
             self.in_transaction = False
-            self._open_gate()
+            if self.gate_held:
+                self.gate_held = False
+                self.gate.__exit__(None, None, None)
         else:
             self.in_transaction = True
 
     def _open_gate(self) -> None:
-        gate, self._gate = self._gate, None
-        if gate is not None:
-            gate.__exit__(None, None, None)
+        if self.gate_held:
+            self.gate_held = False
+            self.gate.__exit__(None, None, None)
 
     def failed(self, stmt: Stmt, exc: Exception) -> errors.LeaseStoreError:
         """The typed error to throw into the step (or raise, if untranslatable)."""
@@ -99,7 +106,7 @@ class StepRun:
         self.step.close()
 
 
-_NO_TX = Tx.NONE
+_NO_TX, _BEGIN_WRITE, _END = Tx.NONE, Tx.BEGIN_WRITE, Tx.END
 _ONE, _ALL, _ROWCOUNT = Fetch.ONE, Fetch.ALL, Fetch.ROWCOUNT
 
 
@@ -112,8 +119,9 @@ def drive(run: StepRun, cur: Any) -> Any:
         stmt = next(step)
         while True:
             tx = stmt.tx
-            if tx is not _NO_TX:
-                run.before(stmt)
+            if tx is _BEGIN_WRITE:  # StepRun.before, inlined: this loop is the hot path
+                run.gate.__enter__()
+                run.gate_held = True
             try:
                 execute(stmt.sql, stmt.params)
                 how = stmt.fetch
@@ -128,8 +136,14 @@ def drive(run: StepRun, cur: Any) -> Any:
             except Exception as exc:
                 stmt = step.throw(run.failed(stmt, exc))
                 continue
-            if tx is not _NO_TX:
-                run.after(stmt)
+            if tx is not _NO_TX:  # StepRun.after, inlined
+                if tx is _END:
+                    run.in_transaction = False
+                    if run.gate_held:
+                        run.gate_held = False
+                        run.gate.__exit__(None, None, None)
+                else:
+                    run.in_transaction = True
             stmt = send(result)
     except StopIteration as stop:
         return stop.value
@@ -147,19 +161,6 @@ def _rollback_quietly(cur: Any) -> None:
     except Exception:
         # Nothing left to roll back: the driver or the server already ended it.
         pass
-
-
-def retrying(attempt: Callable[[], T], retries: int) -> T:
-    # Only a lost connection is retried; busy, read-only and full are the
-    # caller's to handle (they are typed subclasses).
-    tries = 0
-    while True:
-        try:
-            return attempt()
-        except errors.StoreUnavailable as exc:
-            if tries >= retries or type(exc) is not errors.StoreUnavailable:
-                raise
-            tries += 1
 
 
 def first_line(exc: BaseException) -> str:
@@ -204,7 +205,7 @@ class HeldConnection:
         # One cursor per connection, kept with it: making one per operation
         # costs more than some of the statements.
         self.cursor = fairy.cursor()
-        self.pid = os.getpid()
+        self.pid = process.pid()
 
     def close(self) -> None:
         try:
@@ -241,20 +242,20 @@ class IdleConnections:
         self.limit = limit
         self.keeps = keeps
         self._idle: list[HeldConnection] = []
-        self._pid = os.getpid()
+        self._pid = process.pid()
 
     def take(self) -> HeldConnection | None:
-        if self._pid != os.getpid():
+        if self._pid != process.pid():
             _INHERITED.extend(self._idle)
             self._idle = []
-            self._pid = os.getpid()
+            self._pid = process.pid()
         try:
             return self._idle.pop()  # atomic under the GIL: no lock needed
         except IndexError:
             return None
 
     def give_back(self, held: HeldConnection) -> None:
-        if len(self._idle) < self.limit and held.pid == os.getpid() and (
+        if len(self._idle) < self.limit and held.pid == process.pid() and (
                 self.keeps is None or self.keeps(held.fairy)):
             self._idle.append(held)
         else:
@@ -262,7 +263,7 @@ class IdleConnections:
 
     def close_all(self) -> None:
         idle, self._idle = self._idle, []
-        if self._pid == os.getpid():
+        if self._pid == process.pid():
             for held in idle:
                 held.close()
         else:
@@ -280,23 +281,32 @@ class Database:
 
     def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
         """Run the step ``op()`` makes; a dropped connection runs a fresh one."""
-        def attempt() -> T:
-            run = StepRun(self.driver, op())
-            held = self.idle.take() or HeldConnection(self._checkout())
+        tries = 0
+        # Only a lost connection is retried; busy, read-only and full are the
+        # caller's to handle (they are typed subclasses).
+        while True:
             try:
-                result: T = drive(run, held.cursor)
-            except BaseException:
-                if run.disconnected:
-                    # Never hand a dead connection to the next caller.
-                    held.invalidate()
-                    held.close()
-                else:
-                    self.idle.give_back(held)
-                raise
-            self.idle.give_back(held)
-            return result
+                return self._attempt(op)
+            except errors.StoreUnavailable as exc:
+                if tries >= retries or type(exc) is not errors.StoreUnavailable:
+                    raise
+                tries += 1
 
-        return retrying(attempt, retries)
+    def _attempt(self, op: Op[T]) -> T:
+        run = StepRun(self.driver, op())
+        held = self.idle.take() or HeldConnection(self._checkout())
+        try:
+            result: T = drive(run, held.cursor)
+        except BaseException:
+            if run.disconnected:
+                # Never hand a dead connection to the next caller.
+                held.invalidate()
+                held.close()
+            else:
+                self.idle.give_back(held)
+            raise
+        self.idle.give_back(held)
+        return result
 
     def write(self, body: Callable[[float], Step[T]], *, retries: int = DISCONNECT_RETRIES) -> T:
         """``body(now)`` in one write transaction."""

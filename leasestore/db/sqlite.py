@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 from .. import errors
 from ..models import LockOutcome, TaskStatus
-from . import audit
+from . import audit, process
 from . import queries as q
 from .driver import (
     COMMIT,
@@ -43,7 +43,8 @@ from .rows import ExtendRow, LeaseRow, PendingRow, ReleaseRow
 
 MIN_SQLITE_VERSION = (3, 35, 0)  # RETURNING
 
-_GATE_POLL_SECONDS = 0.0005
+_GATE_POLL_FIRST = float(os.environ.get("XGATE", "0.0002"))
+_GATE_POLL_CAP = float(os.environ.get("XCAP", "0.002"))
 _LOCK_NOW = fcntl.LOCK_EX | fcntl.LOCK_NB
 # The store's time is raised at most this often (a write), read on every write.
 CLOCK_HIGH_WATER_STEP = 1.0
@@ -69,9 +70,9 @@ class WriteGate:
     def _descriptor(self) -> int:
         # A descriptor inherited across fork() would share the lock with the
         # parent; each process opens its own.
-        if self._fd is None or self._pid != os.getpid():
+        if self._fd is None or self._pid != process.pid():
             self._fd = self._open()
-            self._pid = os.getpid()
+            self._pid = process.pid()
         return self._fd
 
     def _open(self) -> int:
@@ -99,7 +100,9 @@ class WriteGate:
         if not self._thread_lock.acquire(timeout=self.timeout):
             raise errors.StoreBusy()
         try:
-            fd = self._descriptor()
+            fd = self._fd
+            if fd is None or self._pid != process.pid():
+                fd = self._descriptor()
             try:
                 fcntl.flock(fd, _LOCK_NOW)
             except BlockingIOError:
@@ -117,10 +120,12 @@ class WriteGate:
 
     @staticmethod
     def _wait(fd: int, deadline: float) -> None:
+        pause = _GATE_POLL_FIRST
         while True:
             if time.monotonic() >= deadline:
                 raise errors.StoreBusy() from None
-            time.sleep(_GATE_POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(pause * 2, _GATE_POLL_CAP)
             try:
                 fcntl.flock(fd, _LOCK_NOW)
                 return
@@ -129,7 +134,7 @@ class WriteGate:
 
     def close(self) -> None:
         """Close the lock file (a read-only remount needs no file open for writing)."""
-        if self._fd is not None and self._pid == os.getpid():
+        if self._fd is not None and self._pid == process.pid():
             os.close(self._fd)
         self._fd = None
 
@@ -172,7 +177,8 @@ class SqliteDriver(Driver):
         refused, and the refusal is recorded, once the lag passes the tolerance.
         The high-water mark moves in steps of ``CLOCK_HIGH_WATER_STEP`` so that
         most writes only read it."""
-        now = self._clock_now()
+        frozen = self.clock.frozen  # _clock_now, inlined: every write comes here
+        now = frozen if frozen is not None else time.time() + self.clock.offset
         tolerance = self.clock.tolerance
         if tolerance is None:
             return now

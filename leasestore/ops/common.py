@@ -75,6 +75,8 @@ def to_lease(row: LeaseRow, token: str, ttl: float, *, took_over: bool) -> Lease
     return Lease(
         task_id=row.task_id, queue=row.queue, owner=row.owner, token=token,
         fencing_token=row.fencing_token, expires_at=row.expires_at, ttl=ttl, attempt=row.attempt,
-        max_attempts=row.max_attempts, payload=validation.from_json(row.payload),
-        checkpoint=validation.from_json(row.checkpoint), took_over=took_over,
+        max_attempts=row.max_attempts,
+        payload=None if row.payload is None else validation.from_json(row.payload),
+        checkpoint=None if row.checkpoint is None else validation.from_json(row.checkpoint),
+        took_over=took_over,
     )
