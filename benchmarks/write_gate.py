@@ -5,7 +5,7 @@ cell (the sides take turns in short bursts, see store_vs_raw.measure_cell),
 next to raw SQL sending the same statements:
 
 * ``poll``: the library as it is (``leasestore.db.sqlite.WriteGate``: LOCK_NB
-  polled every 0.5 ms until ``timeout``).
+  polled at a 0.5 ms to 2 ms backoff until ``timeout``).
 * ``helper``: a candidate that blocks in the kernel and keeps the timeout in any
   thread: one non-blocking try, then a helper thread blocks in
   ``flock(LOCK_EX)`` on the gate's descriptor (flock locks belong to the open
