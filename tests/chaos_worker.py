@@ -8,13 +8,19 @@ importing than working), or by hand: ``python tests/chaos_worker.py drain --db â
 typed store error, and writes its counts as JSON on exit. ``stale`` claims one
 task, heartbeats until refused (the test pauses it past its TTL meanwhile),
 then tries a checkpoint and a release and reports what the store said.
+``effects`` is an agent with an unfenced side effect: it holds leases through
+``store.lease()`` (either face, natively), appends a line to a file every few
+milliseconds while it believes it holds the task, and stops at once when
+``job.lost`` says otherwise (the lock-delay proof pauses it meanwhile).
 Every exception is recorded by type; the tests decide which are allowed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -24,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from faces import FACES, open_store
-from leasestore import NO_BACKOFF, LeaseLost, LeaseStoreError, StoreUnavailable, failpoints
+from leasestore import NO_BACKOFF, AsyncLeaseStore, LeaseLost, LeaseStore, LeaseStoreError, StoreUnavailable, failpoints
 from leasestore.types import ClaimStatus
 
 
@@ -114,6 +120,83 @@ def stale(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     return {"owner": args.owner, "fence": lease.fencing_token, "outcomes": outcomes}
 
 
+# --- effects: an unfenced side effect, stopped only by noticing the loss -------------
+EFFECT_EVERY = 0.005  # seconds between two side effects while holding
+
+
+class _Effects:
+    """Lines ``<time.time()> <event> <owner> <task> <fence>`` appended to one file
+    (O_APPEND: each line lands whole, whoever else writes)."""
+
+    def __init__(self, path: str, owner: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.owner = owner
+
+    def write(self, event: str, task_id: str, fence: int) -> None:
+        os.write(self.fd, f"{time.time():.6f} {event} {self.owner} {task_id} {fence}\n".encode())
+
+
+def effects(args: argparse.Namespace) -> dict[str, Any]:
+    out = _Effects(args.effects, args.owner)
+    if args.face == "async":
+        return asyncio.run(_effects_async(args, out))
+    stats: Counter[str] = Counter()
+    store = LeaseStore(args.db, init=False, retry_policy=NO_BACKOFF)
+    deadline = time.monotonic() + args.deadline
+    while time.monotonic() < deadline:
+        try:
+            with store.lease(args.queue, args.owner, ttl=args.ttl) as job:
+                if job is None:
+                    time.sleep(args.poll)
+                    continue
+                stats["claims"] += 1
+                # Work counted in steps, not by the clock: a holder that was
+                # stopped carries on where it was, as a real agent would.
+                for _ in range(round(args.work / EFFECT_EVERY)):
+                    if job.lost.is_set():
+                        break
+                    out.write("effect", job.lease.task_id, job.fencing_token)
+                    time.sleep(EFFECT_EVERY)
+                if job.lost.is_set():
+                    out.write("noticed", job.lease.task_id, job.fencing_token)
+        except LeaseLost:
+            stats["lost"] += 1
+            time.sleep(args.cooldown)
+        except LeaseStoreError as exc:
+            stats[type(exc).__name__] += 1
+            time.sleep(args.poll)
+    store.close()
+    return dict(stats)
+
+
+async def _effects_async(args: argparse.Namespace, out: _Effects) -> dict[str, Any]:
+    stats: Counter[str] = Counter()
+    store = AsyncLeaseStore(args.db, init=False, retry_policy=NO_BACKOFF)
+    deadline = time.monotonic() + args.deadline
+    while time.monotonic() < deadline:
+        try:
+            async with store.lease(args.queue, args.owner, ttl=args.ttl) as job:
+                if job is None:
+                    await asyncio.sleep(args.poll)
+                    continue
+                stats["claims"] += 1
+                for _ in range(round(args.work / EFFECT_EVERY)):
+                    if job.lost.is_set():
+                        break
+                    out.write("effect", job.lease.task_id, job.fencing_token)
+                    await asyncio.sleep(EFFECT_EVERY)
+                if job.lost.is_set():
+                    out.write("noticed", job.lease.task_id, job.fencing_token)
+        except LeaseLost:
+            stats["lost"] += 1
+            await asyncio.sleep(args.cooldown)
+        except LeaseStoreError as exc:
+            stats[type(exc).__name__] += 1
+            await asyncio.sleep(args.poll)
+    await store.close()
+    return dict(stats)
+
+
 def _wait_for_go(go: Path, ready: Path) -> None:
     # Every worker starts at once, however long each took to come up.
     ready.touch()
@@ -123,7 +206,7 @@ def _wait_for_go(go: Path, ready: Path) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["drain", "stale"])
+    parser.add_argument("mode", choices=["drain", "stale", "effects"])
     parser.add_argument("--db", required=True)
     parser.add_argument("--face", choices=FACES, default="sync")
     parser.add_argument("--queue", default="chaos")
@@ -140,6 +223,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stderr", help="append diagnostics here")
     parser.add_argument("--failpoints", help="arm leasestore failpoints, e.g. after_claim_update:stop")
     parser.add_argument("--task-id", help="stale mode: claim this task instead of the next one")
+    parser.add_argument("--effects", help="effects mode: append side-effect lines to this file")
+    parser.add_argument("--work", type=float, default=0.2, help="effects mode: seconds of work per lease")
+    parser.add_argument("--poll", type=float, default=0.02, help="effects mode: seconds between empty claims")
+    parser.add_argument("--cooldown", type=float, default=1.5, help="effects mode: rest after a lost lease")
     parser.add_argument("--go", help="say ready (a file beside --stats), then start once this file exists")
     return parser.parse_args(argv)
 
@@ -154,7 +241,8 @@ def run(argv: list[str], channel: Any = None) -> None:
     if args.go:
         _wait_for_go(Path(args.go), Path(args.stats).with_suffix(".ready"))
     say = channel.send if channel is not None else (lambda msg: print(json.dumps(msg), flush=True))
-    result = drain(args) if args.mode == "drain" else stale(args, say)
+    modes = {"drain": drain, "stale": lambda a: stale(a, say), "effects": effects}
+    result = modes[args.mode](args)
     text = json.dumps(result)
     if args.stats:
         with open(args.stats, "w", encoding="utf-8") as fh:
