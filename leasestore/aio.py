@@ -143,21 +143,25 @@ class AsyncLeaseStore(StoreSettings):
     async def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
                       max_attempts: int | None = None, dedupe_key: str | None = None,
                       delay: float = 0.0, priority: int = 0,
-                      lock_delay: float | None = None) -> EnqueueResult:
+                      lock_delay: float | None = None, connection: Any = None) -> EnqueueResult:
+        """See :meth:`LeaseStore.enqueue`; ``connection`` is a psycopg
+        ``AsyncConnection`` or a SQLAlchemy ``AsyncConnection``."""
         results = await self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
                                           max_attempts=max_attempts,
                                           dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay,
-                                          priority=priority, lock_delay=lock_delay)
+                                          priority=priority, lock_delay=lock_delay, connection=connection)
         return results[0]
 
     async def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
                            max_attempts: int | None = None,
                            dedupe_keys: Sequence[str | None] | None = None,
                            delay: float = 0.0, priority: int = 0,
-                           lock_delay: float | None = None) -> list[EnqueueResult]:
-        return await self._run(enqueue.enqueue_many(self._ctx, queue, payloads, task_ids=task_ids,
-                                                    max_attempts=max_attempts, dedupe_keys=dedupe_keys,
-                                                    delay=delay, priority=priority, lock_delay=lock_delay))
+                           lock_delay: float | None = None, connection: Any = None) -> list[EnqueueResult]:
+        op = enqueue.enqueue_many(self._ctx, queue, payloads, task_ids=task_ids, max_attempts=max_attempts,
+                                  dedupe_keys=dedupe_keys, delay=delay, priority=priority, lock_delay=lock_delay)
+        if connection is None:
+            return await self._run(op)
+        return await self._run_in(connection, op)
 
     # --- queue settings -----------------------------------------------------------
     async def set_queue_settings(self, queue: str, *, lock_delay: float | None = UNSET,
@@ -209,14 +213,31 @@ class AsyncLeaseStore(StoreSettings):
         return await self._run(claim.claim_many(self._ctx, queue, owner, count, ttl=ttl))
 
     async def heartbeat(self, lease: LeaseLike, *, ttl: float | None = None,
-                        checkpoint: Any = UNSET) -> HeartbeatResult:
-        return await self._run(holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint))
+                        checkpoint: Any = UNSET, connection: Any = None) -> HeartbeatResult:
+        return await self._run_holder(holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint,
+                                                       in_caller_tx=connection is not None), connection)
 
     async def release_task(self, lease: LeaseLike, outcome: ReleaseOutcome | str = ReleaseOutcome.DONE,
                            error: Any = None, *, retry_in: float | None = None,
-                           result: Any = None) -> ReleaseResult:
-        return await self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in,
-                                                   result=result))
+                           result: Any = None, connection: Any = None) -> ReleaseResult:
+        """See :meth:`LeaseStore.release_task`; ``connection`` is a psycopg
+        ``AsyncConnection`` or a SQLAlchemy ``AsyncConnection``."""
+        return await self._run_holder(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in,
+                                                          result=result, in_caller_tx=connection is not None),
+                                      connection)
+
+    async def _run_in(self, connection: Any, op: Op[T]) -> T:
+        if not self._ready:
+            await self._prepare()
+        return await self._adb.run_in_transaction(connection, op)
+
+    async def _run_holder(self, op: Op[T], connection: Any) -> T:
+        if connection is None:
+            return await self._run(op)
+        try:
+            return await self._run_in(connection, op)
+        except holder.RefusedInCallerTransaction as refused:
+            await self._run(holder.record_refusal(self._ctx, refused))
 
     async def wait_for(self, task_id: str, timeout: float) -> TaskInfo:
         """Wait (without blocking the loop) until the task is done or dead-lettered."""

@@ -166,25 +166,30 @@ class LeaseStore(StoreSettings):
     def enqueue(self, queue: str, payload: Any = None, *, task_id: str | None = None,
                 max_attempts: int | None = None, dedupe_key: str | None = None,
                 delay: float = 0.0, priority: int = 0,
-                lock_delay: float | None = None) -> EnqueueResult:
+                lock_delay: float | None = None, connection: Any = None) -> EnqueueResult:
         """Add a task. A repeated ``dedupe_key`` (or ``task_id``) in the same queue
         returns the existing task with ``created=False`` instead of a second one.
         Higher ``priority`` tasks are claimed first (then the oldest).
         ``max_attempts`` and ``lock_delay`` default to the queue's settings (see
-        :meth:`set_queue_settings`), else 3 attempts and no lock-delay."""
+        :meth:`set_queue_settings`), else 3 attempts and no lock-delay.
+
+        With ``connection`` (PostgreSQL: a psycopg or SQLAlchemy connection with
+        a transaction of yours), the task is added inside that transaction: it
+        exists, and waiting claimers hear of it, only once you commit."""
         return self.enqueue_many(queue, [payload], task_ids=None if task_id is None else [task_id],
                                  max_attempts=max_attempts,
                                  dedupe_keys=None if dedupe_key is None else [dedupe_key], delay=delay,
-                                 priority=priority, lock_delay=lock_delay)[0]
+                                 priority=priority, lock_delay=lock_delay, connection=connection)[0]
 
     def enqueue_many(self, queue: str, payloads: Sequence[Any], *, task_ids: Sequence[str] | None = None,
                      max_attempts: int | None = None, dedupe_keys: Sequence[str | None] | None = None,
                      delay: float = 0.0, priority: int = 0,
-                     lock_delay: float | None = None) -> list[EnqueueResult]:
-        """Add many tasks in one transaction (all or none)."""
-        return self._run(enqueue.enqueue_many(
+                     lock_delay: float | None = None, connection: Any = None) -> list[EnqueueResult]:
+        """Add many tasks in one transaction (all or none); in yours with ``connection``."""
+        op = enqueue.enqueue_many(
             self._ctx, queue, payloads, task_ids=task_ids, max_attempts=max_attempts,
-            dedupe_keys=dedupe_keys, delay=delay, priority=priority, lock_delay=lock_delay))
+            dedupe_keys=dedupe_keys, delay=delay, priority=priority, lock_delay=lock_delay)
+        return self._run(op) if connection is None else self._db.run_in_transaction(connection, op)
 
     # --- queue settings -----------------------------------------------------------
     def set_queue_settings(self, queue: str, *, lock_delay: float | None = UNSET,
@@ -250,25 +255,48 @@ class LeaseStore(StoreSettings):
         Pending tasks only: expired leases are left to ``claim_task``/``recover_stale``."""
         return self._run(claim.claim_many(self._ctx, queue, owner, count, ttl=ttl))
 
-    def heartbeat(self, lease: LeaseLike, *, ttl: float | None = None, checkpoint: Any = UNSET) -> HeartbeatResult:
+    def heartbeat(self, lease: LeaseLike, *, ttl: float | None = None, checkpoint: Any = UNSET,
+                  connection: Any = None) -> HeartbeatResult:
         """Extend a lease (and optionally store a checkpoint for the next attempt).
 
         Raises :class:`LeaseLost` (or its subclass :class:`StaleLeaseToken`)
         with the reason when the lease is no longer held by this token; the
         refusal is recorded as a lock conflict and nothing else changes.
+
+        With ``connection`` (see :meth:`release_task`), the checkpoint commits or
+        rolls back with your transaction.
         """
-        return self._run(holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint))
+        op = holder.heartbeat(self._ctx, lease, ttl=ttl, checkpoint=checkpoint, in_caller_tx=connection is not None)
+        return self._run_holder(op, connection)
 
     def release_task(self, lease: LeaseLike, outcome: ReleaseOutcome | str = ReleaseOutcome.DONE,
-                     error: Any = None, *, retry_in: float | None = None, result: Any = None) -> ReleaseResult:
+                     error: Any = None, *, retry_in: float | None = None, result: Any = None,
+                     connection: Any = None) -> ReleaseResult:
         """End a lease: ``done`` (with an optional JSON ``result``, kept with the
         task), or ``failed`` with ``error`` text.
 
         A failed task below its retry limit returns to pending after the retry
         policy's backoff (or ``retry_in`` seconds); at the limit it becomes a
         dead letter. A stale token raises :class:`LeaseLost` and changes nothing.
+
+        With ``connection`` (PostgreSQL: a psycopg ``Connection`` or a SQLAlchemy
+        ``Connection`` with a transaction of yours), the release is written in
+        that transaction, inside a savepoint, and commits or rolls back with your
+        own rows; the fencing check is made there too. A refusal raises
+        :class:`LeaseLost` (roll back) and is recorded on the store's own
+        connection, so the conflict row outlives your rollback.
         """
-        return self._run(holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in, result=result))
+        op = holder.release_task(self._ctx, lease, outcome, error, retry_in=retry_in, result=result,
+                                 in_caller_tx=connection is not None)
+        return self._run_holder(op, connection)
+
+    def _run_holder(self, op: Op[T], connection: Any) -> T:
+        if connection is None:
+            return self._run(op)
+        try:
+            return self._db.run_in_transaction(connection, op)
+        except holder.RefusedInCallerTransaction as refused:
+            self._run(holder.record_refusal(self._ctx, refused))
 
     def wait_for(self, task_id: str, timeout: float) -> TaskInfo:
         """Block until the task is done or dead-lettered and return it (its

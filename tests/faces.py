@@ -72,6 +72,11 @@ class BlockingAsyncStore(_Blocking):
     def database(self) -> Any:
         return _Blocking(self._target.database, self._runner)
 
+    def run_on_loop(self, awaitable: Any) -> Any:
+        """Await something else on the store's own event loop (e.g. the test's
+        own asyncio connection, which must share the store's loop)."""
+        return self._runner.run(_awaited(awaitable))
+
     def close(self) -> None:
         try:
             self._runner.run(self._target.close())

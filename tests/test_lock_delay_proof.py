@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from chaos import Figures, Worker
+from chaos import Figures, Worker, start_together
 from test_faults import assert_history_clean, backend_of
 
 from leasestore import NO_BACKOFF, LeaseStore
@@ -136,20 +136,25 @@ def test_lock_delay_keeps_a_paused_holders_late_effects_before_the_next_holders(
     pairs = [Pair(f"{face}-{'safe' if delay else 'zero'}-{i}", delay, face)
              for face in ("sync", "async") for delay in (0.0, SAFE_LOCK_DELAY) for i in range(PAIRS)]
     effects = tmp_path / "effects.log"
+    go = tmp_path / "go"  # the rounds start once every agent is up (starting 24 takes a while)
     for pair in pairs:
         store.set_queue_settings(pair.queue, lock_delay=pair.lock_delay)
         for side in ("a", "b"):
             owner = f"{pair.queue}-{side}"
             pair.agents[owner] = Worker("effects", db_url, owner, tmp_path, face=pair.face, queue=pair.queue,
-                                        ttl=TTL, effects=effects, work=0.2, poll=0.05, deadline=120)
+                                        ttl=TTL, effects=effects, work=0.2, poll=0.05, deadline=180, go=go)
     rng = random.Random(11)
     drivers = [threading.Thread(target=_run_rounds, args=(store, pair, random.Random(rng.random())))
                for pair in pairs]
     try:
+        start_together([a for pair in pairs for a in pair.agents.values()], go, timeout=120)
         for t in drivers:
             t.start()
         for t in drivers:
             t.join(timeout=180)
+    except BaseException:
+        store.close()
+        raise
     finally:
         for pair in pairs:
             for agent in pair.agents.values():

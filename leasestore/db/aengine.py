@@ -18,6 +18,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .. import errors
+from . import caller
 from .driver import Driver, Step, Tx
 from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line, unreachable
 from .postgresql import AsyncReadyHub, PostgresDriver, connect_kwargs
@@ -32,6 +33,8 @@ class AsyncDatabase(Protocol):
     driver: Driver
 
     async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T: ...
+
+    async def run_in_transaction(self, connection: Any, op: Op[T]) -> T: ...
 
     async def write(self, body: Callable[[float], Step[T]]) -> T: ...
 
@@ -184,6 +187,13 @@ class PostgresAsyncDatabase:
                 await self._pool.open(wait=False)
                 self._opened = True
 
+    async def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
+        """Run the step ``op()`` inside the caller's transaction on ``connection``
+        (:mod:`leasestore.db.caller`); never retried, never committed here."""
+        raw = await caller.async_connection(self.driver, self._url, connection)
+        result: T = await adrive(StepRun(self.driver, caller.in_caller_transaction(op())), raw)
+        return result
+
     async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
         await self._ensure_open()
 
@@ -257,6 +267,10 @@ class ThreadedAsyncDatabase:
 
     async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
         return await self._call(lambda: self._db.run(op, retries=retries))
+
+    async def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
+        await caller.async_connection(self.driver, self._db.url, connection)  # refuses: SQLite
+        raise AssertionError("unreachable: a SQLite store refuses connection=")
 
     async def write(self, body: Callable[[float], Step[T]]) -> T:
         return await self._call(lambda: self._db.write(body))

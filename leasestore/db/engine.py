@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from .. import errors
-from . import process
+from . import caller, process
 from .driver import Clock, Driver, Fetch, Step, Stmt, Tx
 from .postgresql import PostgresDriver, ReadyListener, connect_kwargs
 from .sqlite import SqliteDriver, WriteGate, check_version, configure_connection
@@ -306,6 +306,15 @@ class Database:
                 self.idle.give_back(held)
             raise
         self.idle.give_back(held)
+        return result
+
+    def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
+        """Run the step ``op()`` inside the caller's transaction on ``connection``
+        (:mod:`leasestore.db.caller`); never retried, never committed here."""
+        raw = caller.blocking_connection(self.driver, self.url, connection)
+        run = StepRun(self.driver, caller.in_caller_transaction(op()))
+        with raw.cursor() as cur:
+            result: T = drive(run, cur)
         return result
 
     def write(self, body: Callable[[float], Step[T]], *, retries: int = DISCONNECT_RETRIES) -> T:

@@ -4,7 +4,8 @@ a refused write was refused."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from .. import errors, validation
 from ..db import audit
@@ -22,7 +23,30 @@ log_release = logging.getLogger("leasestore.release")
 
 
 
-def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: Any) -> Op[HeartbeatResult]:
+class RefusedInCallerTransaction(Exception):
+    """A holder write refused inside the caller's own transaction (``connection=``).
+    Its conflict row must not share that transaction's fate (the caller rolls
+    back): the store records it with :func:`record_refusal` on its own connection."""
+
+    def __init__(self, record: Callable[[float], Step[errors.LeaseLost]]) -> None:
+        super().__init__("refused inside the caller's transaction")
+        self.record = record
+
+
+def record_refusal(ctx: Context, refused: RefusedInCallerTransaction) -> Op[NoReturn]:
+    """Record the refusal in a transaction of the store's own; raises its LeaseLost."""
+    return lambda: ctx.driver.refused(refused.record)
+
+
+def _refused(d: Driver, record: Callable[[float], Step[errors.LeaseLost]], in_caller_tx: bool) -> Step[NoReturn]:
+    if in_caller_tx:
+        raise RefusedInCallerTransaction(record)
+    yield from d.refused(record)
+    raise AssertionError("unreachable: refused() raises")
+
+
+def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: Any,
+              in_caller_tx: bool = False) -> Op[HeartbeatResult]:
     """See :meth:`leasestore.LeaseStore.heartbeat`."""
     task_id, token, fence = lease_fields(lease)
     ttl = validation.ttl(ttl if ttl is not None else getattr(lease, "ttl", ctx.default_ttl))
@@ -37,8 +61,8 @@ def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: 
         if row is not None:
             return HeartbeatResult(task_id, row.fencing_token, row.expires_at)
         # Refused: nothing was written; work out why and record the conflict.
-        return (yield from d.refused(lambda now: refuse(d, now, task_id, params.token_hash, fence,
-                                                      LockOp.HEARTBEAT, log_heartbeat)))
+        return (yield from _refused(d, lambda now: refuse(d, now, task_id, params.token_hash, fence,
+                                                          LockOp.HEARTBEAT, log_heartbeat), in_caller_tx))
 
     return step
 
@@ -48,7 +72,7 @@ _OUTCOMES: dict[object, ReleaseOutcome] = {o.value: o for o in ReleaseOutcome}
 
 
 def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, error: Any, *,
-                 retry_in: float | None, result: Any = None) -> Op[ReleaseResult]:
+                 retry_in: float | None, result: Any = None, in_caller_tx: bool = False) -> Op[ReleaseResult]:
     """See :meth:`leasestore.LeaseStore.release_task`."""
     task_id, token, fence = lease_fields(lease)
     try:
@@ -84,8 +108,8 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
         failpoint("before_release_update")
         row = yield from d.release(params)
         if row is None:
-            return (yield from d.refused(lambda now: refuse(d, now, task_id, token_hash, fence,
-                                                          LockOp.RELEASE, log_release)))
+            return (yield from _refused(d, lambda now: refuse(d, now, task_id, token_hash, fence,
+                                                              LockOp.RELEASE, log_release), in_caller_tx))
         return ReleaseResult(task_id, kind, attempt,
                              next_attempt_at=row.available_at if kind is ReleaseResultKind.RETRY_SCHEDULED else None,
                              dead_letter_id=row.dead_letter_id)
