@@ -29,6 +29,7 @@ from faces import open_store
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from leasestore import InvalidArgument, LeaseLost, LeaseStore
+from leasestore.history import check_history
 from leasestore.models import TaskStatus
 
 KINDS = [("sync", "psycopg"), ("sync", "sqlalchemy"), ("async", "psycopg"), ("async", "sqlalchemy")]
@@ -166,6 +167,11 @@ def test_a_stale_holders_transaction_is_refused_and_its_rows_not_committed(
     assert (task.status, task.owner, task.result) == (TaskStatus.LEASED, "taker", None)
     # The refusal was recorded on the store's own connection: it outlives the rollback.
     assert ("release", "conflict", "taker") in lock_rows(store, lease.task_id)
+    store.release_task(taker, "done", result={"by": "taker"}, connection=agent.conn)
+    agent.commit()
+    with LeaseStore(pg_url) as reader:
+        report = check_history(reader)
+    assert report.ok, report.summary()
 
 
 def test_the_callers_transaction_survives_a_refusal(store: Any, agent: AgentTx, pg_url: str) -> None:
@@ -310,4 +316,6 @@ def test_sigkill_between_the_agents_write_and_its_commit_leaves_neither(pg_url: 
     again = store.claim_task(lease.queue, "second", ttl=30).lease
     assert again is not None and again.task_id == lease.task_id and again.took_over
     store.release_task(again, "done")
+    report = check_history(store)
+    assert report.ok, report.summary()
     store.close()
