@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
 
 from .. import errors
-from .driver import Driver, Step, Stmt, Tx
+from .driver import ROLLBACK, Driver, Step, Stmt, Tx
 from .postgresql import PostgresDriver
 
 T = TypeVar("T")
@@ -61,7 +61,7 @@ def _nested(step: Step[T]) -> Step[T]:
             if stmt.tx is Tx.BEGIN_WRITE or stmt.tx is Tx.BEGIN_READ:
                 out = SAVEPOINT_TX
             elif stmt.tx is Tx.END:
-                out = ROLLBACK_TX if stmt.sql == "ROLLBACK" else RELEASE_TX
+                out = ROLLBACK_TX if stmt is ROLLBACK else RELEASE_TX
             else:
                 out = stmt
             try:

@@ -77,9 +77,7 @@ class StepRun:
     def after(self, stmt: Stmt) -> None:
         if stmt.tx is Tx.END:
             self.in_transaction = False
-            if self.gate_held:
-                self.gate_held = False
-                self.gate.__exit__(None, None, None)
+            self._open_gate()
         else:
             self.in_transaction = True
 
