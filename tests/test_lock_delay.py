@@ -238,3 +238,24 @@ def test_a_bad_task_lock_delay_is_refused(store: LeaseStore) -> None:
         with pytest.raises(InvalidArgument):
             store.enqueue("q", lock_delay=bad)  # type: ignore[arg-type]
     assert store.list_tasks() == []
+
+
+def test_the_exporter_counts_lock_delayed_claims(db_url: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from exporter.collector import StoreCollector
+
+    with LeaseStore(db_url) as store:
+        store.set_queue_settings("q", lock_delay=30)
+        store.enqueue("q")
+        assert store.claim_task("q", "a", ttl=1).lease is not None
+        store.clock.offset += 2
+        assert store.recover_stale().recovered == 1
+        assert store.claim_task("q", "b").status is ClaimStatus.LOCK_DELAYED
+    collector = StoreCollector(db_url)
+    try:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(collector)
+        assert registry.get_sample_value("leasestore_lock_events_total", {"outcome": "lock_delayed"}) == 1.0
+    finally:
+        collector.close()
