@@ -12,9 +12,9 @@ exporter/alertmanager.example.yml, which delivers to a webhook receiver in this 
 - the conditions end (the dead letters are requeued, the row is fixed and recovered, the
   failures leave the window): each store gets one resolved notification.
 
-The rules are the shipped ones rendered by render_rules.py with a 30 s window (the
-exporters run with --window 0.5) and an absolute runbook URL; each ``for:`` is scaled
-from minutes to seconds, which keeps their order (1m < 5m < 10m). The Alertmanager
+The rules are the shipped ones rendered by render_rules.py with a 15 s window (the
+exporters run with --window 0.25) and an absolute runbook URL; each ``for:`` is scaled
+from minutes to half-seconds, which keeps their order (1m < 5m < 10m). The Alertmanager
 config is the shipped one with its timers cut to seconds and the webhook URLs pointed
 here; ``amtool check-config`` checks both.
 """
@@ -52,20 +52,20 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "exporter" / "rules" / "leasestore.rules.yml"
 AM_EXAMPLE = ROOT / "exporter" / "alertmanager.example.yml"
 JOB = "leasestore"
-WINDOW_MINUTES = 0.5  # the exporters' --window and the rules' window: 30 s
+WINDOW_MINUTES = 0.25  # the exporters' --window and the rules' window: 15 s
 RUNBOOK = "https://wiki.example.org/ops/leasestore/runbook"
 GROUP_WAIT, GROUP_INTERVAL = 1.0, 2.0
 
 
 def rendered_rules(folder: Path) -> Path:
-    """The shipped rules with a short window, an absolute runbook URL and ``for:`` in seconds."""
+    """The shipped rules with a short window, an absolute runbook URL and ``for:`` in half-seconds."""
     doc = yaml.safe_load(render(RULES.read_text(), runbook_url=RUNBOOK, window_minutes=WINDOW_MINUTES))
     for group in doc["groups"]:
         group["interval"] = "1s"
         for rule in group["rules"]:
             minutes = re.fullmatch(r"(\d+)m", rule["for"])
             assert minutes, rule["for"]
-            rule["for"] = f"{minutes.group(1)}s"
+            rule["for"] = f"{int(minutes.group(1)) * 500}ms"
     path = folder / "rules.yml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -268,7 +268,7 @@ def test_one_notification_per_incident(stack: tuple[Stack, Path, Path]) -> None:
     assert s.notifications("stale") == [first["stale"]], s.details()
 
     # The conditions end: the operator requeues the dead letters and fixes the row; the
-    # failures leave the 30 s window. Each incident then gets one resolved notification.
+    # failures leave the 15 s window. Each incident then gets one resolved notification.
     requeue_dead_letters(dead_db)
     fix_and_sweep(stale_db)
     for store in ("dead", "stale"):
