@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import hashlib
 import importlib
 import multiprocessing as mp
 import os
@@ -62,7 +63,7 @@ from leasestore.db import engine as engine_module
 from leasestore.db import postgresql as pg_sql
 from leasestore.db import queries as q
 from leasestore.db import sqlite as sqlite_driver
-from leasestore.ops.common import hash_token, new_token
+from leasestore.ops.common import new_token
 
 PG_DSN = os.environ.get("LEASESTORE_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 QUEUE = "bench"
@@ -113,6 +114,11 @@ class Plan:
     clock_check: bool = False
 
 
+def _raw_hash(token: str) -> str:
+    """The stored hash of a new token, computed as the library does, without its cache."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
 # --- raw SQLite: the library's statements through sqlite3 ------------------------
 def _sqlite_connect(path: str) -> sqlite3.Connection:
     # The pragmas leasestore.db.sqlite.configure_connection sets.
@@ -156,7 +162,7 @@ def _raw_write_now(conn: sqlite3.Connection, clock_check: bool) -> float:
 
 def _raw_sqlite_cycle(conn: sqlite3.Connection, gate: Callable[[], Any], owner: str, plan: Plan) -> bool:
     t = plan.params
-    token_hash = hash_token(new_token())
+    token_hash = _raw_hash(new_token())
     with gate():
         conn.execute("BEGIN IMMEDIATE")
         now = _raw_write_now(conn, plan.clock_check)
@@ -203,7 +209,7 @@ def raw_pg_worker(url: str, owner: str, plan: Plan) -> Worker:
     claim, release = plan.params["claim"], plan.params["release"]
 
     def cycle() -> bool:
-        token_hash = hash_token(new_token())
+        token_hash = _raw_hash(new_token())
         row = cur.execute(pg_sql.CLAIM_NEXT, {**claim, "owner": owner, "token_hash": token_hash}).fetchone()
         if row is None:
             return False

@@ -231,9 +231,11 @@ class LeaseStore(StoreSettings):
         again at a short backoff.
         """
         op = claim.claim_task(self._ctx, queue, owner, task_id=task_id, ttl=ttl, additional=additional)
-        plan = None if wait is None else claim.WaitPlan(queue, task_id, wait)
+        if wait is None:
+            return self._db.run(op)
+        plan = claim.WaitPlan(queue, task_id, wait)
         result = self._run(op)
-        if plan is None or not claim.keeps_waiting(result):
+        if not claim.keeps_waiting(result):
             return result
         waiter = self._db.ready_listener()
         try:
@@ -292,7 +294,7 @@ class LeaseStore(StoreSettings):
 
     def _run_holder(self, op: Op[T], connection: Any) -> T:
         if connection is None:
-            return self._run(op)
+            return self._db.run(op)
         try:
             return self._db.run_in_transaction(connection, op)
         except holder.RefusedInCallerTransaction as refused:

@@ -1,4 +1,12 @@
-"""Frozen values returned to callers."""
+"""Frozen values returned to callers.
+
+The values every claim and release returns (:class:`Lease`, :class:`ClaimResult`,
+:class:`ReleaseResult`, :class:`HeartbeatResult`) write their fields straight
+into the instance's ``__dict__``: a frozen dataclass's generated ``__init__``
+makes one ``object.__setattr__`` call per field, which cost more than a
+SQLite statement's own Python overhead on the claim path. They stay frozen
+dataclasses in every other way (fields, equality, repr, ``replace``).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ class ClaimStatus(StrEnum):
     LOCK_DELAYED = "lockDelayed"  # held back: a lease of the task ended unreleased less than lock_delay ago
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Lease:
     """A held lease. ``token`` is secret: it is needed to heartbeat or release."""
 
@@ -31,6 +39,23 @@ class Lease:
     payload: Any = None
     checkpoint: Any = None
     took_over: bool = False
+
+    def __init__(self, task_id: str, queue: str, owner: str, token: str, fencing_token: int, expires_at: float,
+                 ttl: float, attempt: int, max_attempts: int, payload: Any = None, checkpoint: Any = None,
+                 took_over: bool = False) -> None:
+        d = self.__dict__
+        d["task_id"] = task_id
+        d["queue"] = queue
+        d["owner"] = owner
+        d["token"] = token
+        d["fencing_token"] = fencing_token
+        d["expires_at"] = expires_at
+        d["ttl"] = ttl
+        d["attempt"] = attempt
+        d["max_attempts"] = max_attempts
+        d["payload"] = payload
+        d["checkpoint"] = checkpoint
+        d["took_over"] = took_over
 
 
 class LeaseLike(Protocol):
@@ -61,13 +86,22 @@ class EnqueueResult:
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ClaimResult:
     status: ClaimStatus
     lease: Lease | None = None
     task_id: str | None = None
     holder: str | None = None  # owner of the lease that made the claim busy
     held_until: float | None = None  # when a lock-delayed task can be leased by anyone
+
+    def __init__(self, status: ClaimStatus, lease: Lease | None = None, task_id: str | None = None,
+                 holder: str | None = None, held_until: float | None = None) -> None:
+        d = self.__dict__
+        d["status"] = status
+        d["lease"] = lease
+        d["task_id"] = task_id
+        d["holder"] = holder
+        d["held_until"] = held_until
 
     @property
     def lock_delayed(self) -> bool:
@@ -86,11 +120,17 @@ class ClaimResult:
         return self.status is ClaimStatus.NO_TASK
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class HeartbeatResult:
     task_id: str
     fencing_token: int
     expires_at: float
+
+    def __init__(self, task_id: str, fencing_token: int, expires_at: float) -> None:
+        d = self.__dict__
+        d["task_id"] = task_id
+        d["fencing_token"] = fencing_token
+        d["expires_at"] = expires_at
 
 
 class ReleaseResultKind(StrEnum):
@@ -99,13 +139,22 @@ class ReleaseResultKind(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class ReleaseResult:
     task_id: str
     result: ReleaseResultKind
     attempt: int
     next_attempt_at: float | None = None
     dead_letter_id: int | None = None
+
+    def __init__(self, task_id: str, result: ReleaseResultKind, attempt: int, next_attempt_at: float | None = None,
+                 dead_letter_id: int | None = None) -> None:
+        d = self.__dict__
+        d["task_id"] = task_id
+        d["result"] = result
+        d["attempt"] = attempt
+        d["next_attempt_at"] = next_attempt_at
+        d["dead_letter_id"] = dead_letter_id
 
 
 @dataclass(frozen=True)

@@ -116,13 +116,12 @@ def drive(run: StepRun, cur: Any) -> Any:
     try:
         stmt = next(step)
         while True:
-            tx = stmt.tx
+            sql, params, how, tx = stmt  # one unpacking, not four attribute lookups
             if tx is _BEGIN_WRITE:  # StepRun.before, inlined: this loop is the hot path
                 run.gate.__enter__()
                 run.gate_held = True
             try:
-                execute(stmt.sql, stmt.params)
-                how = stmt.fetch
+                execute(sql, params)
                 if how is _ONE:
                     result = cur.fetchone()
                 elif how is _ALL:
@@ -196,14 +195,15 @@ class Sleeper:
 class HeldConnection:
     """A pooled DB-API connection kept checked out between operations, with its cursor."""
 
-    __slots__ = ("fairy", "cursor", "pid")
+    __slots__ = ("fairy", "cursor", "pid", "keep")
 
-    def __init__(self, fairy: Any) -> None:
+    def __init__(self, fairy: Any, keep: bool = True) -> None:
         self.fairy = fairy
         # One cursor per connection, kept with it: making one per operation
         # costs more than some of the statements.
         self.cursor = fairy.cursor()
-        self.pid = process.pid()
+        self.pid = process.current
+        self.keep = keep  # whether it may wait in IdleConnections between operations
 
     def close(self) -> None:
         try:
@@ -240,28 +240,33 @@ class IdleConnections:
         self.limit = limit
         self.keeps = keeps
         self._idle: list[HeldConnection] = []
-        self._pid = process.pid()
+        self._pid = process.current
+
+    def hold(self, fairy: Any) -> HeldConnection:
+        """A connection just checked out of the pool, to be given back here.
+        Whether it may be kept is known from its opening (a read-only store's
+        connections are marked then), so it is asked once, not at every return."""
+        return HeldConnection(fairy, self.keeps is None or self.keeps(fairy))
 
     def take(self) -> HeldConnection | None:
-        if self._pid != process.pid():
+        if self._pid != process.current:
             _INHERITED.extend(self._idle)
             self._idle = []
-            self._pid = process.pid()
+            self._pid = process.current
         try:
             return self._idle.pop()  # atomic under the GIL: no lock needed
         except IndexError:
             return None
 
     def give_back(self, held: HeldConnection) -> None:
-        if len(self._idle) < self.limit and held.pid == process.pid() and (
-                self.keeps is None or self.keeps(held.fairy)):
+        if held.keep and len(self._idle) < self.limit and held.pid == process.current:
             self._idle.append(held)
         else:
             held.close()
 
     def close_all(self) -> None:
         idle, self._idle = self._idle, []
-        if self._pid == process.pid():
+        if self._pid == process.current:
             for held in idle:
                 held.close()
         else:
@@ -280,31 +285,39 @@ class Database:
     def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
         """Run the step ``op()`` makes; a dropped connection runs a fresh one."""
         tries = 0
+        idle = self.idle
         # Only a lost connection is retried; busy, read-only and full are the
         # caller's to handle (they are typed subclasses).
         while True:
+            run = StepRun(self.driver, op())
+            held = idle.take()
             try:
-                return self._attempt(op)
+                if held is None:
+                    held = idle.hold(self._checkout())
+                result: T = drive(run, held.cursor)
             except errors.StoreUnavailable as exc:
+                if held is None:
+                    run.close()
+                else:
+                    self._after_failure(run, held)
                 if tries >= retries or type(exc) is not errors.StoreUnavailable:
                     raise
                 tries += 1
+                continue
+            except BaseException:
+                if held is not None:
+                    self._after_failure(run, held)
+                raise
+            idle.give_back(held)
+            return result
 
-    def _attempt(self, op: Op[T]) -> T:
-        run = StepRun(self.driver, op())
-        held = self.idle.take() or HeldConnection(self._checkout())
-        try:
-            result: T = drive(run, held.cursor)
-        except BaseException:
-            if run.disconnected:
-                # Never hand a dead connection to the next caller.
-                held.invalidate()
-                held.close()
-            else:
-                self.idle.give_back(held)
-            raise
-        self.idle.give_back(held)
-        return result
+    def _after_failure(self, run: StepRun, held: HeldConnection) -> None:
+        if run.disconnected:
+            # Never hand a dead connection to the next caller.
+            held.invalidate()
+            held.close()
+        else:
+            self.idle.give_back(held)
 
     def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
         """Run the step ``op()`` inside the caller's transaction on ``connection``

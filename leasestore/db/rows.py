@@ -10,6 +10,11 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 
+# ``tuple.__new__`` itself for the rows of every claim and release: a NamedTuple's
+# generated ``__new__`` is a Python function, one frame more per row.
+_new = tuple.__new__
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
@@ -29,7 +34,7 @@ class LeaseRow(NamedTuple):
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> LeaseRow:
-        return cls(str(r[0]), str(r[1]), str(r[2]), int(r[3]), float(r[4]), int(r[5]), int(r[6]), r[7], r[8])
+        return _new(cls, (str(r[0]), str(r[1]), str(r[2]), int(r[3]), float(r[4]), int(r[5]), int(r[6]), r[7], r[8]))
 
 
 class TaskRow(NamedTuple):
@@ -70,7 +75,7 @@ class PendingRow(NamedTuple):
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> PendingRow:
-        return cls(str(r[0]), int(r[1]))
+        return _new(cls, (str(r[0]), int(r[1])))
 
 
 class CandidateRow(NamedTuple):
@@ -156,7 +161,7 @@ class ReleaseRow(NamedTuple):
 
     @classmethod
     def from_row(cls, r: Sequence[Any]) -> ReleaseRow:
-        return cls(str(r[0]), str(r[1]), float(r[2]), None if len(r) < 4 or r[3] is None else int(r[3]))
+        return _new(cls, (str(r[0]), str(r[1]), float(r[2]), None if len(r) < 4 or r[3] is None else int(r[3])))
 
 
 class LeaseStateRow(NamedTuple):

@@ -67,6 +67,14 @@ def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: 
     return step
 
 
+# Enum members of a done release, looked up once: on Python 3.11 a member read
+# through its class goes through EnumType.__getattr__ (several times a plain
+# attribute's cost).
+_DONE, _FAILED, _DONE_RESULT, _RETRY_RESULT = (ReleaseOutcome.DONE, ReleaseOutcome.FAILED, ReleaseResultKind.DONE,
+                                               ReleaseResultKind.RETRY_SCHEDULED)
+_RELEASED, _DONE_STATUS = EventKind.RELEASED, TaskStatus.DONE
+_DONE_DETAIL = audit.release_lock_detail(ReleaseResultKind.DONE)
+
 # A member hashes as its value: one lookup takes either (an Enum call costs several frames).
 _OUTCOMES: dict[object, ReleaseOutcome] = {o.value: o for o in ReleaseOutcome}
 
@@ -79,7 +87,7 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
         outcome = _OUTCOMES[outcome]
     except (KeyError, TypeError):
         raise errors.InvalidArgument("outcome must be 'done' or 'failed'") from None
-    if result is not None and outcome is not ReleaseOutcome.DONE:
+    if result is not None and outcome is not _DONE:
         raise errors.InvalidArgument("only a done release carries a result")
     result_json = validation.to_json(result, "result")
     error_text = validation.error_text(error)
@@ -99,7 +107,7 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
                 raise errors.TaskNotFound(task_id)
         attempt, max_attempts, queue = attempts
         policy = ctx.retry_policy
-        if outcome is ReleaseOutcome.FAILED and retry_in is None and attempt < max_attempts:
+        if outcome is _FAILED and retry_in is None and attempt < max_attempts:
             policy = yield from queues.retry_policy(ctx, queue)
         kind, params = decide_release(policy, task_id, token_hash, fence, attempt, max_attempts, outcome,
                                       error_text, retry_in)
@@ -111,8 +119,7 @@ def release_task(ctx: Context, lease: LeaseLike, outcome: ReleaseOutcome | str, 
             return (yield from _refused(d, lambda now: refuse(d, now, task_id, token_hash, fence,
                                                               LockOp.RELEASE, log_release), in_caller_tx))
         return ReleaseResult(task_id, kind, attempt,
-                             next_attempt_at=row.available_at if kind is ReleaseResultKind.RETRY_SCHEDULED else None,
-                             dead_letter_id=row.dead_letter_id)
+                             row.available_at if kind is _RETRY_RESULT else None, row.dead_letter_id)
 
     return step
 
@@ -122,9 +129,10 @@ def decide_release(policy: RetryPolicy, task_id: str, token_hash: str, fence: in
                    retry_in: float | None) -> tuple[ReleaseResultKind, ReleaseParams]:
     """Done; or failed below the retry limit → pending after a backoff; or at the
     limit → a dead letter."""
-    if outcome is ReleaseOutcome.DONE:
-        kind, to_status, delay, reason, dead = EventKind.RELEASED, TaskStatus.DONE, 0.0, None, None
-    elif attempt < max_attempts:
+    if outcome is _DONE:  # every successful agent's release: its constants made once
+        return _DONE_RESULT, ReleaseParams(task_id, token_hash, fence, attempt, _DONE_STATUS, 0.0, error_text,
+                                           _RELEASED, None, _DONE_DETAIL, None)
+    if attempt < max_attempts:
         delay = retry_in if retry_in is not None else policy.delay(attempt)
         kind, to_status, reason, dead = EventKind.RETRY_SCHEDULED, TaskStatus.PENDING, "failed", None
     else:
