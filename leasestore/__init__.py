@@ -26,7 +26,7 @@ from .errors import (
     TaskNotFound,
     WaitTimeout,
 )
-from .models import EventKind, LockOutcome, ReleaseOutcome, TaskStatus
+from .states import EventKind, LockOutcome, ReleaseOutcome, TaskStatus
 from .retry import NO_BACKOFF, RetryPolicy
 from .store import DEFAULT_LEASE_TTL, LeaseStore
 from .aio import AsyncLeaseContext, AsyncLeaseHandle, AsyncLeaseStore

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from . import errors
 from .heartbeat import HandleState, failure_text, interval_for
-from .models import ReleaseOutcome
+from .states import ReleaseOutcome
 from .types import ClaimResult, HeartbeatResult, Lease, LeaseLike, ReleaseResult
 
 log = logging.getLogger("leasestore.heartbeat.thread")

@@ -28,7 +28,7 @@ from .db.aengine import DEFAULT_POOL_SIZE, AsyncDatabase, open_async
 from .db.engine import DEFAULT_BUSY_TIMEOUT, Op
 from .db.schema import init_db, schema_version
 from .heartbeat import HandleState, failure_text, interval_for
-from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
+from .states import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
 from .ops import claim, enqueue, holder, operator, queues, reads, recovery
 from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS
 from .ops.common import UNSET

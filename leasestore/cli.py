@@ -28,7 +28,7 @@ from . import errors
 from .console import (Column, print_metrics, print_rows, progress, progress_console, quiet_console, stderr_console,
                       stdout_console)
 from .metrics import DEFAULT_WINDOW_MINUTES, compute_metrics, record_alerts
-from .models import DeadLetterStatus, ReleaseOutcome
+from .states import DeadLetterStatus, ReleaseOutcome
 from .settings import not_empty
 from .store import DEFAULT_LEASE_TTL, LeaseStore
 from .types import ClockStatus, LeaseRef, QueueSettings, RecoveryReport

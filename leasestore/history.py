@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from .db.driver import Step
 from .metrics import raw_counts, validate_window
-from .models import EventKind, LockOutcome, TaskStatus
+from .states import EventKind, LockOutcome, TaskStatus
 
 if TYPE_CHECKING:
     from .store import LeaseStore

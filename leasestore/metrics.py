@@ -18,7 +18,7 @@ from . import errors
 from .db.driver import Driver, Step
 from .db.engine import Op
 from .db.queries import AuditTable
-from .models import EventKind, LockOutcome
+from .states import EventKind, LockOutcome
 from .settings import read_threshold
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from .agent import LeaseContext
 from .db.driver import Clock
 from .db.engine import DEFAULT_BUSY_TIMEOUT, Database, Op, open_database, sqlite_file_missing
 from .db.schema import init_db, schema_version
-from .models import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
+from .states import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
 from .ops import claim, enqueue, holder, operator, queues, reads, recovery
 from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS, Context
 from .ops.common import UNSET

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 
-from ..models import EventKind, LockOp, LockOutcome, TaskStatus
+from ..states import EventKind, LockOp, LockOutcome, TaskStatus
 from .driver import Event, LockEvent, ReleaseParams, dumps
 from .rows import CandidateRow, ExpiredRow, ExtendRow, HeldBackRow, LeaseRow, ReleaseRow
 

@@ -13,13 +13,13 @@ transactions runs as nested savepoints.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
 from sqlalchemy.engine import URL
 from sqlalchemy.engine import Connection as SAConnection
-from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
 
 from .. import errors
 from .driver import ROLLBACK, Driver, Step, Stmt, Tx
@@ -122,7 +122,10 @@ async def async_connection(driver: Driver, url: URL, connection: Any) -> psycopg
     """:func:`blocking_connection` for the asyncio face."""
     _refuse_sqlite(driver)
     raw = connection
-    if isinstance(connection, SAAsyncConnection):
+    # A SQLAlchemy AsyncConnection exists only once its module is imported;
+    # importing it here would cost every process that opens a store some 60 ms.
+    sa_asyncio = sys.modules.get("sqlalchemy.ext.asyncio")
+    if sa_asyncio is not None and isinstance(connection, sa_asyncio.AsyncConnection):
         if not connection.in_transaction():
             await connection.begin()
         raw = (await connection.get_raw_connection()).driver_connection

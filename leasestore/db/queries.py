@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from ..models import EventKind, LockOutcome
+from ..states import EventKind, LockOutcome
 
 _PARAM = re.compile(r"(?<![:\w]):(\w+)")
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import SQLModel
-
-from .. import errors, models
+from .. import errors
+from ..states import SCHEMA_VERSION
 from .driver import Step
 from .queries import MIGRATIONS
 from .engine import Database, fetch
@@ -32,6 +31,12 @@ def init_db(db: Database) -> int:
 
     Safe to run twice and from several processes at once.
     """
+    # The tables' definitions only now: opening a store that has its schema
+    # (every agent, the CLI, the exporter) never imports SQLModel.
+    from sqlmodel import SQLModel
+
+    from .. import models  # noqa: F401 - defines the tables in SQLModel.metadata
+
     tables = [SQLModel.metadata.tables[name] for name in REQUIRED_TABLES]
     driver = db.driver
     with db.engine.connect() as conn:
@@ -45,21 +50,21 @@ def init_db(db: Database) -> int:
             for statement in driver.schema_extras():
                 cur.execute(statement)
             stored = _run_on(cur, driver.stored_schema_version())
-            if stored is not None and stored > models.SCHEMA_VERSION:
+            if stored is not None and stored > SCHEMA_VERSION:
                 raise errors.ConfigurationError(
                     f"database schema version {stored} is newer than this leasestore "
-                    f"({models.SCHEMA_VERSION}); upgrade leasestore"
+                    f"({SCHEMA_VERSION}); upgrade leasestore"
                 )
             if stored is not None:
-                for version in range(stored + 1, models.SCHEMA_VERSION + 1):
+                for version in range(stored + 1, SCHEMA_VERSION + 1):
                     for statement in MIGRATIONS.get(version, ()):
                         cur.execute(statement)
                 # Indexes of tables that existed before: create_all made only new tables'.
                 for table in tables:
                     for index in table.indexes:
                         index.create(conn, checkfirst=True)
-            if stored is None or stored < models.SCHEMA_VERSION:
-                _run_on(cur, driver.store_schema_version(models.SCHEMA_VERSION, update=stored is not None))
+            if stored is None or stored < SCHEMA_VERSION:
+                _run_on(cur, driver.store_schema_version(SCHEMA_VERSION, update=stored is not None))
             _run_on(cur, driver.commit())
         except BaseException as exc:
             try:
@@ -70,7 +75,7 @@ def init_db(db: Database) -> int:
             if typed is not None:
                 raise typed from exc
             raise
-    return models.SCHEMA_VERSION
+    return SCHEMA_VERSION
 
 
 def schema_version(db: Database) -> int | None:

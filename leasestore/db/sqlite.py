@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
 from .. import errors
-from ..models import LockOutcome, TaskStatus
+from ..states import LockOutcome, TaskStatus
 from . import audit, process
 from . import queries as q
 from .driver import (

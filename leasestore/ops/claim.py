@@ -12,7 +12,7 @@ from ..db.driver import ClaimNextKind, ClaimParams, Step
 from ..db.engine import Op
 from ..db.rows import CandidateRow, HeldBackRow, LeaseRow, TaskRow
 from ..failpoints import failpoint
-from ..models import LockOp, LockOutcome, TaskStatus
+from ..states import LockOp, LockOutcome, TaskStatus
 from ..types import ClaimResult, ClaimStatus, Lease
 from . import queues
 from .common import Context, hash_token, new_token, to_lease

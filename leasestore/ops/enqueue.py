@@ -9,7 +9,7 @@ from typing import Any
 from .. import errors, validation
 from ..db.driver import Event, Step
 from ..db.engine import Op
-from ..models import EventKind, TaskStatus
+from ..states import EventKind, TaskStatus
 from ..types import EnqueueResult
 from . import queues
 from .common import Context

@@ -12,7 +12,7 @@ from ..db import audit
 from ..db.driver import Driver, ExtendParams, ReleaseParams, Step
 from ..db.engine import Op
 from ..failpoints import failpoint
-from ..models import EventKind, LockOp, ReleaseOutcome, TaskStatus
+from ..states import EventKind, LockOp, ReleaseOutcome, TaskStatus
 from ..types import HeartbeatResult, Lease, LeaseLike, ReleaseResult, ReleaseResultKind
 from ..retry import RetryPolicy
 from . import queues

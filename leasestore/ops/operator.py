@@ -6,7 +6,7 @@ from .. import errors, validation
 from ..db import audit
 from ..db.driver import Event, Step
 from ..db.engine import Op
-from ..models import DeadLetterStatus, EventKind, LockOp, LockOutcome, TaskStatus
+from ..states import DeadLetterStatus, EventKind, LockOp, LockOutcome, TaskStatus
 from ..types import DeadLetterInfo
 from .common import Context
 

@@ -8,7 +8,7 @@ from .. import errors, validation
 from ..db.driver import Step
 from ..db.engine import Op
 from ..db.rows import TaskRow
-from ..models import TaskStatus
+from ..states import TaskStatus
 from ..types import ClockStatus, TaskInfo
 from .common import Context
 from .queues import SETTING_NAMES

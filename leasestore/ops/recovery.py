@@ -11,7 +11,7 @@ from ..db.driver import Driver, Step
 from ..db.engine import Op
 from ..db.rows import ExpiredRow
 from ..failpoints import FailpointError, failpoint
-from ..models import LockOp, LockOutcome, TaskStatus
+from ..states import LockOp, LockOutcome, TaskStatus
 from ..types import RecoveryReport
 from .common import Context
 
