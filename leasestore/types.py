@@ -1,8 +1,9 @@
 """Frozen values returned to callers.
 
 The values every claim and release returns (:class:`Lease`, :class:`ClaimResult`,
-:class:`ReleaseResult`, :class:`HeartbeatResult`) write their fields straight
-into the instance's ``__dict__``: a frozen dataclass's generated ``__init__``
+:class:`ReleaseResult`, :class:`HeartbeatResult`) get an ``__init__`` from
+:func:`_direct_init` that writes their fields straight into the instance's
+``__dict__``: a frozen dataclass's generated ``__init__``
 makes one ``object.__setattr__`` call per field, which cost more than a
 SQLite statement's own Python overhead on the claim path. They stay frozen
 dataclasses in every other way (fields, equality, repr, ``replace``).
@@ -10,9 +11,32 @@ dataclasses in every other way (fields, equality, repr, ``replace``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+
+C = TypeVar("C", bound=type)
+
+
+def _direct_init(cls: C) -> C:
+    """Give a frozen dataclass an ``__init__`` with the generated one's signature
+    that writes each field straight into ``__dict__`` (see the module's doc)."""
+    params: list[str] = []
+    lines: list[str] = []
+    namespace: dict[str, Any] = {}
+    for f in fields(cls):
+        assert f.default_factory is MISSING, f"{cls.__name__}.{f.name}: default factories are not supported"
+        if f.default is MISSING:
+            params.append(f.name)
+        else:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        lines.append(f"    d[{f.name!r}] = {f.name}\n")
+    exec(f"def __init__(self, {', '.join(params)}):\n    d = self.__dict__\n{''.join(lines)}", namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    setattr(cls, "__init__", init)
+    return cls
 
 
 class ClaimStatus(StrEnum):
@@ -23,7 +47,8 @@ class ClaimStatus(StrEnum):
     LOCK_DELAYED = "lockDelayed"  # held back: a lease of the task ended unreleased less than lock_delay ago
 
 
-@dataclass(frozen=True, init=False)
+@_direct_init
+@dataclass(frozen=True)
 class Lease:
     """A held lease. ``token`` is secret: it is needed to heartbeat or release."""
 
@@ -39,23 +64,6 @@ class Lease:
     payload: Any = None
     checkpoint: Any = None
     took_over: bool = False
-
-    def __init__(self, task_id: str, queue: str, owner: str, token: str, fencing_token: int, expires_at: float,
-                 ttl: float, attempt: int, max_attempts: int, payload: Any = None, checkpoint: Any = None,
-                 took_over: bool = False) -> None:
-        d = self.__dict__
-        d["task_id"] = task_id
-        d["queue"] = queue
-        d["owner"] = owner
-        d["token"] = token
-        d["fencing_token"] = fencing_token
-        d["expires_at"] = expires_at
-        d["ttl"] = ttl
-        d["attempt"] = attempt
-        d["max_attempts"] = max_attempts
-        d["payload"] = payload
-        d["checkpoint"] = checkpoint
-        d["took_over"] = took_over
 
 
 class LeaseLike(Protocol):
@@ -86,22 +94,14 @@ class EnqueueResult:
     created: bool
 
 
-@dataclass(frozen=True, init=False)
+@_direct_init
+@dataclass(frozen=True)
 class ClaimResult:
     status: ClaimStatus
     lease: Lease | None = None
     task_id: str | None = None
     holder: str | None = None  # owner of the lease that made the claim busy
     held_until: float | None = None  # when a lock-delayed task can be leased by anyone
-
-    def __init__(self, status: ClaimStatus, lease: Lease | None = None, task_id: str | None = None,
-                 holder: str | None = None, held_until: float | None = None) -> None:
-        d = self.__dict__
-        d["status"] = status
-        d["lease"] = lease
-        d["task_id"] = task_id
-        d["holder"] = holder
-        d["held_until"] = held_until
 
     @property
     def lock_delayed(self) -> bool:
@@ -120,17 +120,12 @@ class ClaimResult:
         return self.status is ClaimStatus.NO_TASK
 
 
-@dataclass(frozen=True, init=False)
+@_direct_init
+@dataclass(frozen=True)
 class HeartbeatResult:
     task_id: str
     fencing_token: int
     expires_at: float
-
-    def __init__(self, task_id: str, fencing_token: int, expires_at: float) -> None:
-        d = self.__dict__
-        d["task_id"] = task_id
-        d["fencing_token"] = fencing_token
-        d["expires_at"] = expires_at
 
 
 class ReleaseResultKind(StrEnum):
@@ -139,22 +134,14 @@ class ReleaseResultKind(StrEnum):
     DEAD_LETTERED = "dead_lettered"
 
 
-@dataclass(frozen=True, init=False)
+@_direct_init
+@dataclass(frozen=True)
 class ReleaseResult:
     task_id: str
     result: ReleaseResultKind
     attempt: int
     next_attempt_at: float | None = None
     dead_letter_id: int | None = None
-
-    def __init__(self, task_id: str, result: ReleaseResultKind, attempt: int, next_attempt_at: float | None = None,
-                 dead_letter_id: int | None = None) -> None:
-        d = self.__dict__
-        d["task_id"] = task_id
-        d["result"] = result
-        d["attempt"] = attempt
-        d["next_attempt_at"] = next_attempt_at
-        d["dead_letter_id"] = dead_letter_id
 
 
 @dataclass(frozen=True)

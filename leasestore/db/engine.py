@@ -296,23 +296,21 @@ class Database:
                     held = idle.hold(self._checkout())
                 result: T = drive(run, held.cursor)
             except errors.StoreUnavailable as exc:
-                if held is None:
-                    run.close()
-                else:
-                    self._after_failure(run, held)
+                self._after_failure(run, held)
                 if tries >= retries or type(exc) is not errors.StoreUnavailable:
                     raise
                 tries += 1
                 continue
             except BaseException:
-                if held is not None:
-                    self._after_failure(run, held)
+                self._after_failure(run, held)
                 raise
             idle.give_back(held)
             return result
 
-    def _after_failure(self, run: StepRun, held: HeldConnection) -> None:
-        if run.disconnected:
+    def _after_failure(self, run: StepRun, held: HeldConnection | None) -> None:
+        if held is None:  # no connection to be had: the step never ran
+            run.close()
+        elif run.disconnected:
             # Never hand a dead connection to the next caller.
             held.invalidate()
             held.close()

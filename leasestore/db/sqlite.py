@@ -53,9 +53,7 @@ _LOCK_NOW = fcntl.LOCK_EX | fcntl.LOCK_NB
 # The store's time is raised at most this often (a write), read on every write.
 CLOCK_HIGH_WATER_STEP = 1.0
 
-# Enum members used on the claim and release paths, looked up once: on Python 3.11 a
-# member read through its class goes through EnumType.__getattr__ (about 50 ns, several
-# times a plain attribute), and a claim and release made some thirty of them.
+# Enum members of the claim and release paths, read once (see leasestore.states).
 _PENDING, _ACQUIRED, _ONE = TaskStatus.PENDING, LockOutcome.ACQUIRED, Fetch.ONE
 _NEXT_ACQUIRED = ClaimNextKind.ACQUIRED
 

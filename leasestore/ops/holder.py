@@ -67,13 +67,10 @@ def heartbeat(ctx: Context, lease: LeaseLike, *, ttl: float | None, checkpoint: 
     return step
 
 
-# Enum members of a done release, looked up once: on Python 3.11 a member read
-# through its class goes through EnumType.__getattr__ (several times a plain
-# attribute's cost).
+# Enum members of the release path, read once (see leasestore.states).
 _DONE, _FAILED, _DONE_RESULT, _RETRY_RESULT = (ReleaseOutcome.DONE, ReleaseOutcome.FAILED, ReleaseResultKind.DONE,
                                                ReleaseResultKind.RETRY_SCHEDULED)
 _RELEASED, _DONE_STATUS = EventKind.RELEASED, TaskStatus.DONE
-_DONE_DETAIL = audit.release_lock_detail(ReleaseResultKind.DONE)
 
 # A member hashes as its value: one lookup takes either (an Enum call costs several frames).
 _OUTCOMES: dict[object, ReleaseOutcome] = {o.value: o for o in ReleaseOutcome}
@@ -129,17 +126,15 @@ def decide_release(policy: RetryPolicy, task_id: str, token_hash: str, fence: in
                    retry_in: float | None) -> tuple[ReleaseResultKind, ReleaseParams]:
     """Done; or failed below the retry limit → pending after a backoff; or at the
     limit → a dead letter."""
-    if outcome is _DONE:  # every successful agent's release: its constants made once
-        return _DONE_RESULT, ReleaseParams(task_id, token_hash, fence, attempt, _DONE_STATUS, 0.0, error_text,
-                                           _RELEASED, None, _DONE_DETAIL, None)
-    if attempt < max_attempts:
+    if outcome is _DONE:
+        result, kind, to_status, delay, reason, dead = _DONE_RESULT, _RELEASED, _DONE_STATUS, 0.0, None, None
+    elif attempt < max_attempts:
         delay = retry_in if retry_in is not None else policy.delay(attempt)
-        kind, to_status, reason, dead = EventKind.RETRY_SCHEDULED, TaskStatus.PENDING, "failed", None
+        result, kind, to_status, reason, dead = (_RETRY_RESULT, EventKind.RETRY_SCHEDULED, TaskStatus.PENDING,
+                                                 "failed", None)
     else:
-        kind, to_status, delay, reason, dead = (EventKind.DEAD_LETTERED, TaskStatus.DEAD, 0.0, "retry_limit",
-                                                "retry_limit")
-    result = ReleaseResultKind.DONE if kind is EventKind.RELEASED else (
-        ReleaseResultKind.RETRY_SCHEDULED if dead is None else ReleaseResultKind.DEAD_LETTERED)
+        result, kind, to_status, delay, reason, dead = (ReleaseResultKind.DEAD_LETTERED, EventKind.DEAD_LETTERED,
+                                                        TaskStatus.DEAD, 0.0, "retry_limit", "retry_limit")
     return result, ReleaseParams(task_id, token_hash, fence, attempt, to_status, delay, error_text, kind, reason,
                                  audit.release_lock_detail(result), dead)
 
