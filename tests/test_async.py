@@ -156,11 +156,13 @@ def test_a_thousand_agents_on_one_loop_drain_five_thousand_tasks(pg_url: str) ->
     async def agent(store: AsyncLeaseStore, name: str) -> None:
         while True:
             try:
-                async with store.lease(QUEUE, name, ttl=8.0) as job:
+                # A beat 1.5 s in, half the block ahead of it: on a loaded machine a beat
+                # may wait a second for one of the 20 connections and must still land
+                # before the block ends. The TTL leaves room for a claim that waited
+                # seconds for a connection.
+                async with store.lease(QUEUE, name, ttl=8.0, heartbeat_interval=1.5) as job:
                     if job is None:
                         return
-                    # Past one heartbeat (a third of the TTL), with room for a claim
-                    # that waited seconds for one of the 20 connections.
                     await asyncio.sleep(3.0)
                     job.ensure_held()
             except LeaseLost as exc:
@@ -189,4 +191,4 @@ def test_a_thousand_agents_on_one_loop_drain_five_thousand_tasks(pg_url: str) ->
     assert report.ok, report.summary()
     assert stats == {**stats, "done": tasks, "lost": 0} and conflicts == 0, (reasons, conflict_rows[:5])
     assert report.terminal["done"] == tasks
-    assert beats >= tasks // 2
+    assert beats >= tasks * 3 // 4  # most blocks heartbeat at least once
