@@ -29,8 +29,8 @@ services:
 test: services setup
 	@echo "==> type check (mypy --strict)"
 	$(BIN)/mypy
-	@echo "==> tests (a dot per test; the slowest are listed at the end)"
-	$(BIN)/python -m pytest -q --durations=10
+	@echo "==> tests on two workers, the slow ones one after another on one of them (a dot per test; the slowest are listed at the end)"
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10
 
 bench: setup
 	$(BIN)/python benchmarks/store_vs_raw.py

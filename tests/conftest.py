@@ -99,3 +99,15 @@ def store(db_url: str, face: str) -> Iterator[LeaseStore]:
     s = open_store(face, db_url, retry_policy=NO_BACKOFF)
     yield s
     s.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (``make test`` runs two workers) the slow tests, which
+    # race many processes and measure timings, all go to one worker and run one
+    # after another: two of them side by side on a two-core machine would starve
+    # each other's processes. The rest of the suite runs on the other worker.
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("slow"))

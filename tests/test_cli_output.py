@@ -391,7 +391,7 @@ def test_makefile_says_what_it_does() -> None:
     assert any(s.startswith("echo") and "demo" in s for s in steps[pip:])
     test = subprocess.run([*make, "-n", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert test.splitlines()[0].startswith("sh scripts/check_services.sh")
-    assert re.search(r"pytest -q --durations=\d+", test)
+    assert re.search(r"pytest -q -n 2 --dist loadgroup --durations=\d+", test)
 
 
 def test_pyproject_uses_the_spdx_license_form() -> None:
