@@ -2,7 +2,7 @@
 the event loop.
 
 PostgreSQL runs on psycopg's native ``AsyncConnection`` from a bounded
-``AsyncConnectionPool``. SQLite has no async driver: the whole step runs on a
+``AsyncConnectionPool`` (:mod:`leasestore.db.apostgresql`). SQLite has no async driver: the whole step runs on a
 worker thread, one hop per operation (not per statement), as aiosqlite does
 per connection, so busy waits for the write lock stay off the loop.
 """
@@ -14,19 +14,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
 
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
-
-from .. import errors
-from . import caller
-from .driver import Driver, Step, Tx
-from .engine import DISCONNECT_RETRIES, Database, Op, StepRun, committed_query, fetch, first_line, unreachable
-from .postgresql import AsyncReadyHub, PostgresDriver, connect_kwargs
+from .driver import Driver, Step
+from .engine import DISCONNECT_RETRIES, Database, Op
+from .sqlite import SqliteDriver
 
 T = TypeVar("T")
 
 DEFAULT_POOL_SIZE = 20
-DEFAULT_POOL_TIMEOUT = 10.0
 
 
 class AsyncDatabase(Protocol):
@@ -60,39 +54,6 @@ class AsyncReadyWaiter(Protocol):
     async def close(self) -> None: ...
 
 
-class _HubWaiter:
-    """One waiting claim's view of the store's shared :class:`AsyncReadyHub`."""
-
-    notified = True
-
-    def __init__(self, hub: AsyncReadyHub, driver: Driver) -> None:
-        self._hub = hub
-        self._driver = driver
-        self._seen: dict[str, int] = {}
-
-    async def listening(self) -> None:
-        try:
-            await self._hub.listening()
-        except Exception as exc:
-            raise unreachable(self._driver, exc, "listen for new tasks") from exc
-
-    def mark(self, queue: str) -> None:
-        self._seen[queue] = self._hub.generation(queue)
-
-    async def wait(self, queue: str, timeout: float) -> bool:
-        try:
-            return await self._hub.wait(queue, timeout, self._seen.get(queue, -1))
-        except Exception as exc:
-            raise unreachable(self._driver, exc, "listen for new tasks") from exc
-
-    def passed_on(self, queue: str) -> None:
-        """This waiter got a task: wake the next, in case more arrived at once."""
-        self._hub.wake(queue)
-
-    async def close(self) -> None:
-        pass
-
-
 class AsyncSleeper:
     """Waits by sleeping (without blocking the loop): where nothing wakes a claim."""
 
@@ -112,148 +73,6 @@ class AsyncSleeper:
         pass
 
 
-async def adrive(run: StepRun, conn: AsyncConnection[Any]) -> Any:
-    """Run ``run.step`` on an asyncio psycopg connection."""
-    step = run.step
-    cur = conn.cursor()
-    try:
-        stmt = next(step)
-        while True:
-            tx = stmt.tx
-            if tx is not Tx.NONE:
-                run.before(stmt)
-            try:
-                await cur.execute(stmt.sql, stmt.params)
-                result = fetch(cur, stmt.fetch)
-                if asyncio.iscoroutine(result):
-                    result = await result
-            except Exception as exc:
-                stmt = step.throw(run.failed(stmt, exc))
-                continue
-            if tx is not Tx.NONE:
-                run.after(stmt)
-            stmt = step.send(result)
-    except StopIteration as stop:
-        return stop.value
-    except asyncio.CancelledError:
-        # The statement may still be running or its transaction open: a closed
-        # connection ends both on the server, and the pool discards it.
-        run.disconnected = True
-        raise
-    except BaseException:
-        if run.in_transaction and not run.disconnected:
-            try:
-                await conn.rollback()
-            except Exception:
-                run.disconnected = True
-        raise
-    finally:
-        run.close()
-
-
-async def aretrying(attempt: Callable[[], Any], retries: int) -> Any:
-    tries = 0
-    while True:
-        try:
-            return await attempt()
-        except errors.StoreUnavailable as exc:
-            if tries >= retries or type(exc) is not errors.StoreUnavailable:
-                raise
-            tries += 1
-
-
-class PostgresAsyncDatabase:
-    """psycopg ``AsyncConnection``s from a bounded pool (opened on first use)."""
-
-    def __init__(self, db: Database, *, pool_size: int = DEFAULT_POOL_SIZE,
-                 pool_timeout: float = DEFAULT_POOL_TIMEOUT) -> None:
-        self.driver = db.driver
-        self._url = db.url
-        self._hub: AsyncReadyHub | None = None
-        conninfo, kwargs = connect_kwargs(db.url)
-        self._pool = AsyncConnectionPool(
-            conninfo, kwargs={**kwargs, "autocommit": True}, min_size=1, max_size=pool_size,
-            timeout=pool_timeout, open=False, name="leasestore")
-        self._opened = False
-        self._open_lock: asyncio.Lock | None = None
-
-    async def _ensure_open(self) -> None:
-        if self._opened:
-            return
-        if self._open_lock is None:
-            self._open_lock = asyncio.Lock()
-        async with self._open_lock:
-            if not self._opened:
-                await self._pool.open(wait=False)
-                self._opened = True
-
-    async def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
-        """Run the step ``op()`` inside the caller's transaction on ``connection``
-        (:mod:`leasestore.db.caller`); never retried, never committed here."""
-        raw = await caller.async_connection(self.driver, self._url, connection)
-        result: T = await adrive(StepRun(self.driver, caller.in_caller_transaction(op())), raw)
-        return result
-
-    async def run(self, op: Op[T], *, retries: int = DISCONNECT_RETRIES) -> T:
-        await self._ensure_open()
-
-        async def attempt() -> T:
-            run = StepRun(self.driver, op())
-            try:
-                conn = await self._pool.getconn()
-            except PoolTimeout as exc:
-                run.close()
-                raise errors.StoreBusy(f"no database connection free: {first_line(exc)}") from exc
-            except Exception as exc:
-                run.close()
-                raise unreachable(self.driver, exc, "connect to the database") from exc
-            try:
-                result: T = await adrive(run, conn)
-                return result
-            finally:
-                if run.disconnected:
-                    await _close_quietly(conn)
-                await self._pool.putconn(conn)
-                if run.disconnected:
-                    # A server restart or a cut network ends every idle
-                    # connection too: drop them before the retry takes one.
-                    await self._pool.check()
-
-        result: T = await aretrying(attempt, retries)
-        return result
-
-    async def write(self, body: Callable[[float], Step[T]]) -> T:
-        return await self.run(lambda: self.driver.write(body))
-
-    async def read(self, body: Callable[[float], Step[T]]) -> T:
-        return await self.run(lambda: self.driver.read(body))
-
-    async def query(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Sequence[Any]]:
-        return await self.run(lambda: committed_query(self.driver, sql, params))
-
-    async def close(self) -> None:
-        if self._hub is not None:
-            await self._hub.close()
-            self._hub = None
-        if self._opened:
-            await self._pool.close()
-            self._opened = False
-
-    async def ready_listener(self) -> AsyncReadyWaiter:
-        if self._hub is None:
-            self._hub = AsyncReadyHub(self._url)
-        waiter = _HubWaiter(self._hub, self.driver)
-        await waiter.listening()
-        return waiter
-
-
-async def _close_quietly(conn: AsyncConnection[Any]) -> None:
-    try:
-        await conn.close()
-    except Exception:
-        pass
-
-
 class ThreadedAsyncDatabase:
     """A blocking :class:`Database` driven on worker threads (SQLite)."""
 
@@ -269,6 +88,8 @@ class ThreadedAsyncDatabase:
         return await self._call(lambda: self._db.run(op, retries=retries))
 
     async def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
+        from . import caller  # psycopg, loaded only when a caller's connection is passed
+
         await caller.async_connection(self.driver, self._db.url, connection)  # refuses: SQLite
         raise AssertionError("unreachable: a SQLite store refuses connection=")
 
@@ -290,7 +111,10 @@ class ThreadedAsyncDatabase:
 
 def open_async(db: Database, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncDatabase:
     """The asyncio runner for an opened :class:`Database`, native where the driver is."""
-    if isinstance(db.driver, PostgresDriver):
+    if not isinstance(db.driver, SqliteDriver):
+        # (psycopg's asyncio layer is loaded only for a PostgreSQL store)
+        from .apostgresql import PostgresAsyncDatabase
+
         return PostgresAsyncDatabase(db, pool_size=pool_size)
     # One thread: SQLite takes one writer at a time anyway, and more threads
     # only queue on the write gate (measured: 0.65 of the blocking face with

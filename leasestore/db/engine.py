@@ -21,9 +21,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 
 from .. import errors
-from . import caller, process
+from . import process
 from .driver import Clock, Driver, Fetch, Step, Stmt, Tx
-from .postgresql import PostgresDriver, ReadyListener, connect_kwargs
 from .sqlite import SqliteDriver, WriteGate, check_version, configure_connection
 
 T = TypeVar("T")
@@ -320,6 +319,8 @@ class Database:
     def run_in_transaction(self, connection: Any, op: Op[T]) -> T:
         """Run the step ``op()`` inside the caller's transaction on ``connection``
         (:mod:`leasestore.db.caller`); never retried, never committed here."""
+        from . import caller  # psycopg, loaded only when a caller's connection is passed
+
         raw = caller.blocking_connection(self.driver, self.url, connection)
         run = StepRun(self.driver, caller.in_caller_transaction(op()))
         with raw.cursor() as cur:
@@ -349,8 +350,10 @@ class Database:
     def ready_listener(self) -> ReadyWaiter:
         """What a claim waits on between looks: woken by the server where it can
         notify (PostgreSQL LISTEN), else a plain sleep. The caller closes it."""
-        if not isinstance(self.driver, PostgresDriver):
+        if isinstance(self.driver, SqliteDriver):
             return Sleeper()
+        from .postgresql import ReadyListener
+
         try:
             return ReadyListener(self.url)
         except Exception as exc:
@@ -519,6 +522,9 @@ def open_database(
         return Database(engine, SqliteDriver(clock or Clock(), gate), url, idle)
 
     if backend == "postgresql":
+        # psycopg is loaded here, not with this module: a SQLite store never needs it.
+        from .postgresql import PostgresDriver, connect_kwargs
+
         _conninfo, kwargs = connect_kwargs(url)
         engine = create_engine(
             url.difference_update_query(["options"]),
