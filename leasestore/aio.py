@@ -30,14 +30,13 @@ from .db.schema import init_db, schema_version
 from .heartbeat import HandleState, failure_text, interval_for
 from .states import SCHEMA_VERSION, DeadLetterStatus, ReleaseOutcome
 from .ops import claim, enqueue, holder, operator, queues, reads, recovery
-from .ops.common import DEFAULT_LEASE_TTL, DEFAULT_MAX_ATTEMPTS
+from .ops.common import DEFAULT_LEASE_TTL
 from .ops.common import UNSET
 from .ops.recovery import DEFAULT_RECOVER_BATCH
 from .retry import RetryPolicy
 from .store import DEFAULT_CLOCK_TOLERANCE, StoreSettings
 from .types import (
     ClaimResult,
-    ClaimStatus,
     QueueSettings,
     ClockStatus,
     DeadLetterInfo,

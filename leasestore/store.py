@@ -27,7 +27,6 @@ from .retry import RetryPolicy
 from .settings import resolve_database_url
 from .types import (
     ClaimResult,
-    ClaimStatus,
     QueueSettings,
     ClockStatus,
     DeadLetterInfo,
